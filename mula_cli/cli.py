@@ -1,0 +1,69 @@
+"""The ``mula`` command-line application: assembles the subcommands and turns user errors into
+a one-line message with exit code 2 (no traceback)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from typer.core import TyperGroup
+
+from mula_cli import __version__
+from mula_cli.errors import MulaError
+
+
+class _ReportingGroup(TyperGroup):
+    """Turns a MulaError raised by any subcommand into one red line on stderr and exit code 2."""
+
+    def invoke(self, ctx: typer.Context):  # typer.Context is click's Context
+        try:
+            return super().invoke(ctx)
+        except MulaError as exc:
+            from mula_cli.console import err
+
+            err.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+            ctx.exit(exc.exit_code)
+
+
+app = typer.Typer(
+    cls=_ReportingGroup,
+    name="mula",
+    help="Train, evaluate, run and export MuLA, joint human parsing and pose estimation (ECCV 2018).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mula {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Train, evaluate, run and export MuLA, joint human parsing and pose estimation (ECCV 2018)."""
+
+
+def _register() -> None:
+    # Imported here so that `mula --version` stays fast and a broken optional part cannot
+    # keep the rest of the CLI from starting.
+    from mula_cli.commands import info, prepare
+
+    app.add_typer(prepare.app, name="prepare")
+    app.command("info")(info.info)
+
+
+_register()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console-script entry point (``mula`` and ``python -m mula_cli``)."""
+    app(args=argv, prog_name="mula")
