@@ -1,0 +1,1 @@
+"""The Typer subcommands; ``mula_cli.cli`` assembles them into the ``mula`` application."""

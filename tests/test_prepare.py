@@ -1,0 +1,251 @@
+"""`mula prepare`: every layout variant, every bad-input case, no lost work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from mula_cli.data.cache import CacheFile
+from trees import build_lip_tree, build_pascal_tree, csv_row, jpeg_bytes, lip_paths, png_bytes
+
+
+def _report(cache: Path) -> dict:
+    return json.loads(cache.with_name(cache.name + ".report.json").read_text())
+
+
+def _reasons(report: dict, split: str, kind: str) -> dict[str, str]:
+    return {item["id"]: item["reason"] for item in report["splits"][split][kind]}
+
+
+@pytest.mark.parametrize("variant", ["official", "nested", "flattened"])
+def test_lip_layout_variants_round_trip(tmp_path: Path, variant: str) -> None:
+    truth = build_lip_tree(tmp_path / "LIP", variant)
+    cache = tmp_path / "lip.h5"
+    result = run_cli("prepare", "lip", tmp_path / "LIP", "--out", cache, "-q")
+    assert result.exit_code == 0, result.output
+    with CacheFile(cache) as c:
+        assert c.dataset == "lip" and c.splits == ["train", "val", "test"]
+        for split, samples in truth.items():
+            t = c.split(split)
+            assert sorted(t.ids) == sorted(samples)
+            for i, sid in enumerate(t.ids):
+                image, label, joints = samples[sid]
+                assert t.image_bytes(i) == jpeg_bytes(image)  # original bytes, untouched
+                assert tuple(t.sizes[i]) == image.shape[:2]
+                if label is None:
+                    assert t.label(i) is None
+                    continue
+                np.testing.assert_array_equal(t.label(i), label)
+                np.testing.assert_array_equal(t.single_person_joints(i), joints.astype(np.float32))
+                assert t.scales[i] > 0 and np.isfinite(t.centers[i]).all()
+        assert len(c.fingerprint) == 64
+
+
+def test_default_cache_location_and_info(tmp_path: Path, isolated_mula_home: Path) -> None:
+    build_lip_tree(tmp_path / "LIP")
+    assert run_cli("prepare", "lip", tmp_path / "LIP", "-q").exit_code == 0
+    cache = isolated_mula_home / "data" / "lip.h5"
+    assert cache.is_file()
+    info = run_cli("info")
+    assert info.exit_code == 0
+    assert "lip.h5" in info.output and "train 6" in info.output
+    doc = json.loads(run_cli("info", "--json").output)
+    assert doc["caches"][0]["counts"] == {"train": 6, "val": 4, "test": 2}
+
+
+def test_pascal_person_part_both_mat_versions(tmp_path: Path) -> None:
+    truth = build_pascal_tree(tmp_path / "PPP")
+    cache = tmp_path / "ppp.h5"
+    result = run_cli("prepare", "pascal-person-part", tmp_path / "PPP", "--out", cache, "-q")
+    assert result.exit_code == 0, result.output
+    with CacheFile(cache) as c:
+        assert c.manifest.num_joints == 14 and c.manifest.num_classes == 7
+        for split, samples in truth.items():
+            t = c.split(split)
+            for i, sid in enumerate(t.ids):
+                joints, occluded = t.people(i)
+                expected = samples[sid][2]
+                assert joints.shape == (len(expected), 14, 2)
+                np.testing.assert_allclose(joints, expected[..., :2].astype(np.float32))
+                assert (occluded[np.isnan(joints[..., 0])] == -1).all()
+
+
+def _plant_bad_lip_inputs(root: Path) -> None:
+    """Damage a tiny official tree in every way the issue lists (train split)."""
+    p = lip_paths(root, "official", "train")
+    ids = p["ids"].read_text().split()
+    img = p["images"] / f"{ids[0]}.jpg"
+    img.write_bytes(img.read_bytes()[: len(img.read_bytes()) // 2])  # truncated JPEG
+    (p["labels"] / f"{ids[1]}.png").write_bytes(png_bytes(np.zeros((7, 9), np.uint8)))  # wrong size
+    label = np.asarray(Image.open(p["labels"] / f"{ids[2]}.png")).copy()
+    label[0, :3] = (42, 200, 255)  # two values outside 0..19 and one ignore pixel
+    (p["labels"] / f"{ids[2]}.png").write_bytes(png_bytes(label))
+    rows = p["csv"].read_text().splitlines()
+    rows[3] = ",".join(rows[3].split(",")[:20])  # wrong number of fields
+    fields = rows[4].split(",")
+    fields[4] = "abc"  # joint 1 x non-numeric
+    rows[4] = ",".join(fields)
+    rows = [r for r in rows if not r.startswith(f"{ids[5]}.jpg")]  # image without a CSV row
+    rows.append(csv_row("99999_1", np.ones((16, 2))))  # row naming a missing image
+    p["csv"].write_text("\n".join(rows) + "\n")
+    p["ids"].write_text("\n".join(ids + ["77777_7"]) + "\n")  # id-list entry without a file
+    # valid but unusual images: grayscale, CMYK, PNG bytes under a .jpg name
+    val = lip_paths(root, "official", "val")
+    vids = val["ids"].read_text().split()
+    rgb = np.asarray(Image.open(val["images"] / f"{vids[0]}.jpg"))
+    (val["images"] / f"{vids[0]}.jpg").write_bytes(jpeg_bytes(rgb, "L"))
+    (val["images"] / f"{vids[1]}.jpg").write_bytes(jpeg_bytes(rgb, "CMYK"))
+    (val["images"] / f"{vids[2]}.jpg").write_bytes(png_bytes(rgb))
+
+
+def test_every_bad_input_is_skipped_or_repaired_and_reported(tmp_path: Path) -> None:
+    build_lip_tree(tmp_path / "LIP", counts={"train": 6, "val": 4})
+    _plant_bad_lip_inputs(tmp_path / "LIP")
+    ids = (tmp_path / "LIP/TrainVal_images/train_id.txt").read_text().split()
+    cache = tmp_path / "lip.h5"
+    result = run_cli("prepare", "lip", tmp_path / "LIP", "--out", cache)
+    assert result.exit_code == 0, result.output
+    report = _report(cache)
+    skipped = _reasons(report, "train", "skipped")
+    repaired = _reasons(report, "train", "repaired")
+    assert "unreadable image" in skipped[ids[0]]
+    assert "99999_1" in skipped and "does not exist" in skipped["99999_1"]
+    assert "77777_7" in skipped and "missing" in skipped["77777_7"]
+    assert "9x7" in repaired[ids[1]]
+    assert "outside 0..19" in repaired[ids[2]]
+    assert "fields" in repaired[ids[3]]
+    assert "non-numeric" in repaired[ids[4]]
+    assert "no row" in repaired[ids[5]]
+    assert report["splits"]["train"]["cached"] == 5 and report["splits"]["val"]["cached"] == 4
+    assert report["splits"]["val"]["skipped"] == [] and report["splits"]["val"]["repaired"] == []
+    with CacheFile(cache) as c:
+        t = c.split("train")
+        row = {sid: i for i, sid in enumerate(t.ids)}
+        assert ids[0] not in row
+        assert t.label(row[ids[1]]) is None  # size mismatch: parsing unusable
+        fixed = t.label(row[ids[2]])
+        assert tuple(fixed[0, :3]) == (255, 255, 255) and fixed.max() == 255
+        assert np.isnan(t.single_person_joints(row[ids[3]])).all()
+        j4 = t.single_person_joints(row[ids[4]])
+        assert np.isnan(j4[1]).all() and np.isfinite(j4).any()
+        assert np.isnan(t.single_person_joints(row[ids[5]])).all()
+        v = c.split("val")
+        for i in range(3):  # grayscale, CMYK and PNG-as-.jpg decode to RGB
+            assert v.image(i).mode == "RGB" and v.image(i).size == (30, 40)
+
+
+def test_unreadable_mat_file_keeps_image_without_joints(tmp_path: Path) -> None:
+    build_pascal_tree(tmp_path / "PPP", counts={"train": 3, "val": 2})
+    sid = (tmp_path / "PPP/train_id.txt").read_text().split()[0]
+    (tmp_path / "PPP/PersonJoints" / f"{sid}.mat").write_bytes(b"this is not a MATLAB file")
+    cache = tmp_path / "ppp.h5"
+    assert run_cli("prepare", "pascal-person-part", tmp_path / "PPP", "--out", cache, "-q").exit_code == 0
+    assert "unreadable joint file" in _reasons(_report(cache), "train", "repaired")[sid]
+    with CacheFile(cache) as c:
+        t = c.split("train")
+        assert len(t.people(t.ids.index(sid))[0]) == 0
+
+
+def test_not_a_layout_is_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "random").mkdir()
+    (tmp_path / "random/file.txt").write_text("hi")
+    result = run_cli("prepare", "lip", tmp_path / "random")
+    assert result.exit_code == 2
+    assert "does not look like LIP" in result.output and "TrainVal_images/train_images" in result.output
+    assert "Traceback" not in result.output
+    missing = run_cli("prepare", "lip", tmp_path / "nope")
+    assert missing.exit_code == 2 and "is not a folder" in missing.output
+
+
+def test_existing_cache_needs_force(tmp_path: Path) -> None:
+    build_lip_tree(tmp_path / "LIP")
+    cache = tmp_path / "lip.h5"
+    assert run_cli("prepare", "lip", tmp_path / "LIP", "--out", cache, "-q").exit_code == 0
+    again = run_cli("prepare", "lip", tmp_path / "LIP", "--out", cache, "-q")
+    assert again.exit_code == 2 and "--force" in again.output
+    assert run_cli("prepare", "lip", tmp_path / "LIP", "--out", cache, "-q", "--force").exit_code == 0
+    bad_split = run_cli("prepare", "lip", tmp_path / "LIP", "--out", tmp_path / "x.h5", "--splits", "train,holdout")
+    assert bad_split.exit_code == 2 and "holdout" in bad_split.output
+
+
+def test_interrupted_prepare_keeps_old_cache_and_rerun_completes(tmp_path: Path, monkeypatch) -> None:
+    import mula_cli.data.prepare as prepare_module
+
+    build_lip_tree(tmp_path / "LIP", counts={"train": 8, "val": 4})
+    cache = tmp_path / "lip.h5"
+    assert run_cli("prepare", "lip", tmp_path / "LIP", "--out", cache, "-q").exit_code == 0
+    before = hashlib.sha256(cache.read_bytes()).hexdigest()
+
+    real = prepare_module.record_sample
+    calls = {"n": 0}
+
+    def interrupted(sample, rules):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # as Ctrl-C in the middle of the train split
+        return real(sample, rules)
+
+    monkeypatch.setattr(prepare_module, "record_sample", interrupted)
+    result = run_cli("prepare", "lip", tmp_path / "LIP", "--out", cache, "--force", "--workers", "1")
+    assert result.exit_code != 0
+    assert hashlib.sha256(cache.read_bytes()).hexdigest() == before  # old cache untouched
+    assert not (tmp_path / "lip.h5.partial").exists()  # no half-written file left behind
+    monkeypatch.setattr(prepare_module, "record_sample", real)
+    assert run_cli("prepare", "lip", tmp_path / "LIP", "--out", cache, "--force", "-q").exit_code == 0
+    with CacheFile(cache) as c:
+        assert c.count("train") == 8
+
+
+def test_parallel_and_serial_decoding_give_the_same_cache_content(tmp_path: Path) -> None:
+    from mula_cli.data.prepare import prepare_dataset
+    from mula_cli.manifests import load_manifest
+
+    import mula_cli.data.prepare as prepare_module
+
+    build_lip_tree(tmp_path / "LIP", counts={"train": 12, "val": 3})
+    fingerprints = []
+    for workers, name in ((1, "a.h5"), (2, "b.h5")):
+        prepare_module._IN_PROCESS_BELOW, saved = 0, prepare_module._IN_PROCESS_BELOW
+        try:
+            prepare_dataset(load_manifest("lip"), tmp_path / "LIP", tmp_path / name, workers=workers)
+        finally:
+            prepare_module._IN_PROCESS_BELOW = saved
+        with CacheFile(tmp_path / name) as c:
+            fingerprints.append((c.fingerprint, c.split("train").ids))
+    assert fingerprints[0] == fingerprints[1]
+
+
+def test_corrupt_cache_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    from mula_cli.errors import MulaError
+
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    with pytest.raises(MulaError, match="not a readable HDF5 cache"):
+        CacheFile(bad)
+    import h5py
+
+    with h5py.File(tmp_path / "foreign.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(MulaError, match="not a mula data cache"):
+        CacheFile(tmp_path / "foreign.h5")
+
+
+def test_label_png_in_palette_mode_is_accepted(tmp_path: Path) -> None:
+    build_lip_tree(tmp_path / "LIP", counts={"train": 2, "val": 1})
+    p = lip_paths(tmp_path / "LIP", "official", "train")
+    sid = p["ids"].read_text().split()[0]
+    label = np.asarray(Image.open(p["labels"] / f"{sid}.png"))
+    img = Image.frombytes("P", (label.shape[1], label.shape[0]), label.tobytes())
+    img.putpalette([v for i in range(256) for v in (i, 0, 0)])
+    img.save(p["labels"] / f"{sid}.png")
+    cache = tmp_path / "lip.h5"
+    assert run_cli("prepare", "lip", tmp_path / "LIP", "--out", cache, "-q").exit_code == 0
+    with CacheFile(cache) as c:
+        t = c.split("train")
+        np.testing.assert_array_equal(t.label(t.ids.index(sid)), label)
