@@ -53,8 +53,8 @@ def _root(
 
 
 def _register() -> None:
-    # Imported here so that `mula --version` stays fast and a broken optional part cannot
-    # keep the rest of the CLI from starting.
+    # Command modules keep torch imports inside their functions, so that commands that do
+    # not need it (prepare, --version, --help) start in a fraction of a second.
     from mula_cli.commands import info, prepare
 
     app.add_typer(prepare.app, name="prepare")

@@ -1,0 +1,152 @@
+"""The training / evaluation dataset over a prepared HDF5 cache.
+
+The HDF5 file is opened lazily in each process that reads from it (DataLoader workers must not
+share an h5py handle opened before they forked). Augmentation randomness is derived from
+``(seed, epoch, index)`` only, so a run gives the same samples whatever the number of workers and
+a resumed run continues exactly where it stopped.
+
+A sample is a dict of tensors:
+
+- ``image``: (3, S, S) uint8 RGB; the model normalises inside (the exported model and the
+  Predictor then need nothing but the weights file, and host-to-device copies are 4x smaller);
+- ``parsing``: (S, S) uint8 class ids at input resolution, 255 = ignore (the whole map when the
+  sample has no usable label);
+- ``heatmaps``: (J + 1, S/s, S/s) float32 targets at the model stride (see mula_cli.heatmaps);
+- ``joints``: (J, 2) float32 joint positions in input pixels (0 where unlabelled), ``joint_mask``:
+  (J,) bool labelled joints;
+- ``affine``: (2, 3) float64 original-to-input matrix, ``orig_size``: (2,) original height, width,
+  ``index``: position in the split, ``id``: the sample id.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mula_cli.data.cache import CacheFile, CacheSplit
+from mula_cli.data.transforms import AugmentConfig, apply_affine, letterbox, train_affine, warp_image, warp_label
+from mula_cli.heatmaps import encode_heatmaps, swap_joints, swap_labels
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How samples are made. ``train=False`` gives the official test transform and no randomness."""
+
+    input_size: int = 256
+    stride: int = 4
+    sigma: float = 7.0
+    train: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+
+
+class MulaDataset(Dataset):
+    """One split of a prepared cache as training or evaluation samples.
+
+    Args:
+        cache_path: the ``.h5`` cache written by ``mula prepare``.
+        split: ``train``, ``val`` or ``test``.
+        config: input size, stride, augmentation, seed.
+        limit: use only the first ``limit`` samples (e.g. quick validation).
+    """
+
+    def __init__(self, cache_path: Path, split: str, config: SampleConfig = SampleConfig(),
+                 limit: int | None = None) -> None:
+        self.cache_path = Path(cache_path)
+        self.split = split
+        self.config = config
+        self.epoch = 0
+        with CacheFile(self.cache_path) as cache:
+            table = cache.split(split)
+            self.manifest = cache.manifest
+            self._length = len(table) if limit is None else min(limit, len(table))
+        if config.input_size % config.stride:
+            raise ValueError(f"input size {config.input_size} is not a multiple of the stride {config.stride}")
+        self._flip_index = self.manifest.joint_flip_index()
+        self._flip_lut = self.manifest.class_flip_lut()
+        self._opened: tuple[int, h5py.File, CacheSplit] | None = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the augmentation draw of this epoch (call before creating the DataLoader iterator)."""
+        self.epoch = epoch
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_opened"] = None  # each process opens its own handle
+        return state
+
+    def table(self) -> CacheSplit:
+        """This process's open handle on the split (opened on first use, reopened after a fork)."""
+        pid = os.getpid()
+        if self._opened is None or self._opened[0] != pid:
+            cache = CacheFile(self.cache_path)
+            self._opened = (pid, cache.file, cache.split(self.split))
+        return self._opened[2]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, object]:
+        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+        if not 0 <= index < self._length:
+            raise IndexError(index)
+        t = self.table()
+        cfg = self.config
+        size, stride = cfg.input_size, cfg.stride
+        img = Image.open(io.BytesIO(t.image_bytes(index)))
+        img = img.convert("RGB") if img.mode != "RGB" else img  # convert() would copy even RGB
+        label = t.label(index)
+        joints = t.people(index)[0]  # (P, J, 2), NaN = unlabelled
+
+        if cfg.train:
+            rng = np.random.default_rng([cfg.seed, epoch, index])
+            m, flipped = train_affine(t.centers[index], float(t.scales[index]), size, rng, cfg.augment)
+            image = warp_image(img, m, size, cfg.augment.image_pad, cfg.augment.bicubic)
+            pad = cfg.augment.label_pad
+        else:
+            flipped = False
+            image, m = letterbox(img, size)
+            pad = cfg.augment.label_pad
+        if label is not None:
+            parsing = warp_label(label, m, size, pad)
+            if flipped:  # the matrix mirrored the pixels; left/right classes swap names too
+                parsing = swap_labels(parsing, self._flip_lut)
+        else:
+            parsing = np.full((size, size), 255, np.uint8)
+
+        people = apply_affine(joints.astype(np.float64), m) if len(joints) else joints.astype(np.float64)
+        if flipped and len(people):  # positions are mirrored by the matrix; identities swap here
+            people = swap_joints(people, self._flip_index)
+        heatmaps = self._heatmaps(people, size // stride, stride)
+        first = people[0] if len(people) else np.full((self.manifest.num_joints, 2), np.nan)
+        mask = np.isfinite(first).all(axis=1)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "parsing": torch.from_numpy(np.ascontiguousarray(parsing)),
+            "heatmaps": torch.from_numpy(heatmaps),
+            "joints": torch.from_numpy(np.where(mask[:, None], first, 0.0).astype(np.float32)),
+            "joint_mask": torch.from_numpy(mask),
+            "affine": torch.from_numpy(m),
+            "orig_size": torch.tensor([img.height, img.width]),
+            "index": index,
+            "id": t.ids[index],
+        }
+
+    def _heatmaps(self, people: np.ndarray, side: int, stride: int) -> np.ndarray:
+        num = self.manifest.num_joints
+        if len(people) == 0:
+            return encode_heatmaps(np.zeros((num, 2)), np.zeros(num, bool), (side, side), stride, self.config.sigma)
+        maps = [encode_heatmaps(p, np.isfinite(p).all(axis=1), (side, side), stride, self.config.sigma)
+                for p in people]
+        if len(maps) == 1:
+            return maps[0]
+        joint_maps = np.max([mp[:num] for mp in maps], axis=0)  # several people: one peak per person
+        return np.concatenate([joint_maps, 1.0 - joint_maps.max(axis=0, keepdims=True)]).astype(np.float32)

@@ -1,0 +1,150 @@
+"""The training dataset: targets are right after augmentation, flips swap left/right, eval maps back."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mula_cli.data.cache import CacheFile
+from mula_cli.data.dataset import MulaDataset, SampleConfig
+from mula_cli.data.prepare import prepare_dataset
+from mula_cli.data.transforms import NO_AUGMENT, AugmentConfig, apply_affine, invert_affine
+from mula_cli.heatmaps import decode_argmax
+from mula_cli.manifests import load_manifest
+from trees import build_lip_tree
+
+
+@pytest.fixture(scope="module")
+def lip_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("lip")
+    build_lip_tree(root / "LIP", counts={"train": 8, "val": 4}, seed=3)
+    path = root / "lip.h5"
+    prepare_dataset(load_manifest("lip"), root / "LIP", path)
+    return path
+
+
+def test_sample_shapes_and_types(lip_cache: Path) -> None:
+    s = MulaDataset(lip_cache, "train")[0]
+    assert s["image"].shape == (3, 256, 256) and s["image"].dtype == torch.uint8
+    assert s["parsing"].shape == (256, 256) and s["parsing"].dtype == torch.uint8
+    assert s["heatmaps"].shape == (17, 64, 64) and s["heatmaps"].dtype == torch.float32
+    assert s["joints"].shape == (16, 2) and s["joint_mask"].dtype == torch.bool
+    assert s["affine"].shape == (2, 3)
+
+
+def test_heatmap_peaks_lie_within_one_stride_cell_of_the_joints(lip_cache: Path) -> None:
+    ds = MulaDataset(lip_cache, "train", SampleConfig(seed=1))
+    checked = 0
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            s = ds[i]
+            coords, peak = decode_argmax(s["heatmaps"][None, :-1], 4)
+            inside = s["joint_mask"] & (s["joints"] >= 0).all(1) & (s["joints"] <= 255).all(1)
+            err = (coords[0] - s["joints"]).abs().amax(dim=1)
+            assert (err[inside] <= 4.0).all(), (epoch, i, err[inside])
+            assert (peak[0][inside] > 0.7).all()
+            checked += int(inside.sum())
+    assert checked > 300
+
+
+def test_transformed_joints_follow_the_image_matrix(lip_cache: Path) -> None:
+    ds = MulaDataset(lip_cache, "train", SampleConfig(seed=5, augment=AugmentConfig(flip_prob=0.0)))
+    with CacheFile(lip_cache) as c:
+        t = c.split("train")
+        for i in range(len(ds)):
+            s = ds[i]
+            original = t.single_person_joints(i)
+            mask = s["joint_mask"].numpy()
+            assert (mask == np.isfinite(original).all(1)).all()
+            mapped = apply_affine(original.astype(np.float64), s["affine"].numpy())
+            np.testing.assert_allclose(s["joints"].numpy()[mask], mapped[mask], atol=1e-3)
+
+
+def test_unlabelled_joints_give_all_zero_maps(lip_cache: Path) -> None:
+    ds = MulaDataset(lip_cache, "train", SampleConfig(augment=NO_AUGMENT))
+    seen = 0
+    for i in range(len(ds)):
+        s = ds[i]
+        for j in torch.nonzero(~s["joint_mask"]).flatten():
+            assert float(s["heatmaps"][j].abs().max()) == 0.0
+            seen += 1
+    assert seen > 0
+    # the background map is 1 - max over joints
+    s = ds[0]
+    np.testing.assert_allclose(s["heatmaps"][-1], 1 - s["heatmaps"][:-1].amax(0), atol=1e-6)
+
+
+def test_flip_swaps_left_and_right_labels_and_joints(lip_cache: Path) -> None:
+    manifest = load_manifest("lip")
+    base = AugmentConfig(rotate=20, scale_min=1.0, scale_max=1.2, translate=10, flip_prob=0.0)
+    plain = MulaDataset(lip_cache, "train", SampleConfig(augment=base, seed=7))
+    mirrored = MulaDataset(lip_cache, "train", SampleConfig(augment=replace(base, flip_prob=1.0), seed=7))
+    lut = manifest.class_flip_lut()
+    flip_index = manifest.joint_flip_index()
+    swapped_pixels = 0
+    for i in range(len(plain)):
+        a, b = plain[i], mirrored[i]
+        # same random draw except the mirror: the image is the exact mirror of the unflipped one
+        torch.testing.assert_close(b["image"], a["image"].flip(-1))
+        expected = torch.from_numpy(lut[a["parsing"].flip(-1).numpy()])
+        # nearest-neighbour ties round the same way in both images, so a handful of pixels on
+        # exact half-pixel sample positions may pick the neighbour: allow 0.05 %
+        assert float((b["parsing"] != expected).float().mean()) < 5e-4
+        swapped_pixels += int(((a["parsing"] == 14) | (a["parsing"] == 15)).sum())
+        ja, jb = a["joints"], b["joints"]
+        for j, k in enumerate(flip_index):
+            assert bool(b["joint_mask"][j]) == bool(a["joint_mask"][k])
+            if a["joint_mask"][k]:
+                assert abs(float(jb[j, 0]) - (255 - float(ja[k, 0]))) < 1e-3
+                assert abs(float(jb[j, 1]) - float(ja[k, 1])) < 1e-3
+        torch.testing.assert_close(b["heatmaps"][:-1], a["heatmaps"][flip_index].flip(-1), atol=0.02, rtol=0)
+    assert swapped_pixels > 0  # the trees have left/right arm pixels to swap
+
+
+def test_eval_mode_is_the_official_letterbox_and_maps_back(lip_cache: Path) -> None:
+    ds = MulaDataset(lip_cache, "val", SampleConfig(train=False))
+    s = ds[0]
+    h, w = s["orig_size"].tolist()  # 40 x 30: long edge 40 -> 256, width 192 centred
+    m = s["affine"].numpy()
+    assert m[0, 0] == pytest.approx(256 / 40) and m[1, 1] == pytest.approx(256 / 40)
+    image = s["image"].numpy()
+    assert (image[:, :, :30] == 128).all() and (image[:, :, -30:] == 128).all()  # grey side bars
+    corners = np.array([[0.0, 0.0], [w - 1, h - 1]])
+    back = apply_affine(apply_affine(corners, m), invert_affine(m))
+    np.testing.assert_allclose(back, corners, atol=1e-9)
+    again = ds[0]
+    assert torch.equal(again["image"], s["image"])  # no randomness at evaluation
+
+
+def test_same_seed_same_samples_and_epochs_differ(lip_cache: Path) -> None:
+    a = MulaDataset(lip_cache, "train", SampleConfig(seed=11))
+    b = MulaDataset(lip_cache, "train", SampleConfig(seed=11))
+    assert torch.equal(a[3]["image"], b[3]["image"])
+    assert torch.equal(a[(3, 1)]["image"], b[(3, 1)]["image"])
+    assert not torch.equal(a[(3, 0)]["image"], a[(3, 1)]["image"])
+
+
+def test_dataset_opens_hdf5_lazily_in_each_worker(lip_cache: Path) -> None:
+    ds = MulaDataset(lip_cache, "train")
+    ds[0]  # opens a handle in this process
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._opened is None
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
+    batches = list(loader)
+    assert len(batches) == 2 and batches[0]["image"].shape == (4, 3, 256, 256)
+    single = torch.stack([ds[i]["heatmaps"] for i in range(4)])
+    torch.testing.assert_close(batches[0]["heatmaps"], single)
+
+
+def test_limit_and_bad_split(lip_cache: Path) -> None:
+    from mula_cli.errors import MulaError
+
+    assert len(MulaDataset(lip_cache, "train", limit=3)) == 3
+    with pytest.raises(MulaError, match="no 'test' split"):
+        MulaDataset(lip_cache, "test")
