@@ -193,5 +193,7 @@ def _check(m: DatasetManifest) -> None:
     joint_refs = [i for p in m.joint_mirror_pairs + m.skeleton for i in p]
     joint_refs += [m.pckh.head_top, m.pckh.neck, *m.pckh.upper_body, *m.pckh.average]
     joint_refs += [i for g in m.pckh.groups.values() for i in g]
+    torso = m.raw.get("torso") or {}
+    joint_refs += [int(i) for key in ("upper", "lower") for i in torso.get(key, [])]
     if any(not 0 <= i < m.num_joints for i in joint_refs):
         raise bad("a joint index in mirror pairs, skeleton or pckh is out of range")

@@ -1,0 +1,121 @@
+"""Metrics against hand-computed answers (metrics.md definitions)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mula_cli.manifests import load_manifest
+from mula_cli.metrics import ParsingMetrics, PoseMetrics
+
+LIP = load_manifest("lip")
+
+
+def test_confusion_metrics_by_hand() -> None:
+    # 3 classes; ground truth and prediction of 8 pixels, plus two ignored pixels
+    gt = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 255, 255])
+    pr = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0, 1, 2])
+    m = ParsingMetrics(3)
+    m.update(pr, gt)
+    h = m.confusion.numpy()
+    assert h.tolist() == [[2, 1, 0], [0, 2, 1], [1, 0, 1]]
+    r = m.compute()
+    assert r["pixel_acc"] == pytest.approx(100 * 5 / 8)
+    acc = [2 / 3, 2 / 3, 1 / 2]
+    assert r["mean_acc"] == pytest.approx(100 * np.mean(acc))
+    iou = [2 / (3 + 3 - 2), 2 / (3 + 3 - 2), 1 / (2 + 2 - 1)]
+    assert r["miou"] == pytest.approx(100 * np.mean(iou))
+    assert r["fwiou"] == pytest.approx(100 * (3 / 8 * iou[0] + 3 / 8 * iou[1] + 2 / 8 * iou[2]))
+    assert r["pixels"] == 8
+
+
+def test_absent_class_is_skipped_in_the_means() -> None:
+    m = ParsingMetrics(4)  # class 3 never occurs in ground truth or prediction
+    m.update(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 1]))
+    r = m.compute()
+    assert math.isnan(r["class_iou"][3]) and math.isnan(r["class_acc"][3])
+    assert r["miou"] == pytest.approx(100 * np.mean([1, 1 / 2, 1 / 2]))
+    assert r["mean_acc"] == pytest.approx(100 * np.mean([1, 1 / 2, 1]))
+
+
+def test_perfect_prediction_scores_100_everywhere() -> None:
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.integers(0, 20, (64, 48)))
+    parsing = ParsingMetrics(20)
+    parsing.update(labels, labels)
+    r = parsing.compute()
+    assert r["pixel_acc"] == r["mean_acc"] == r["miou"] == pytest.approx(100.0)
+    assert r["fwiou"] == pytest.approx(100.0)
+    pose = PoseMetrics(LIP)
+    for _ in range(5):
+        gt = rng.uniform(0, 200, (16, 2))
+        pose.update(gt, gt)
+    p = pose.compute()
+    assert p["pckh"] == 100.0 and all(v == 100.0 for v in p["joint_pckh"])
+    assert all(v == 100.0 for v in p["groups"].values())
+    assert p["pck_torso@0.2"] == 100.0 and p["curve"]["0.50"] == 100.0
+
+
+def test_swapped_left_right_parts_reduce_their_iou() -> None:
+    gt = np.zeros((20, 40), np.int64)
+    gt[:, 5:15] = LIP.classes.index("Left-arm")
+    gt[:, 25:35] = LIP.classes.index("Right-arm")
+    gt[:2] = LIP.classes.index("Face")
+    swapped = torch.from_numpy(LIP.class_flip_lut()[gt])
+    good, bad = ParsingMetrics(20), ParsingMetrics(20)
+    good.update(torch.from_numpy(gt), torch.from_numpy(gt))
+    bad.update(swapped, torch.from_numpy(gt))
+    left, right, face = (LIP.classes.index(n) for n in ("Left-arm", "Right-arm", "Face"))
+    assert good.compute()["class_iou"][left] == 100.0
+    assert bad.compute()["class_iou"][left] == 0.0 and bad.compute()["class_iou"][right] == 0.0
+    assert bad.compute()["class_iou"][face] == 100.0
+    assert bad.compute()["miou"] < good.compute()["miou"]
+
+
+def _pose_gt() -> np.ndarray:
+    gt = np.stack([np.arange(16) * 10.0, np.full(16, 50.0)], axis=1)
+    gt[LIP.pckh.neck] = (100.0, 100.0)
+    gt[LIP.pckh.head_top] = (100.0, 80.0)  # head size 20 -> threshold 10 px
+    return gt
+
+
+def test_pckh_by_hand_with_unlabelled_joints_and_an_excluded_image() -> None:
+    pose = PoseMetrics(LIP)
+    gt = _pose_gt()
+    pred = gt.copy()
+    pred[0] += (9.0, 0.0)  # R-ankle within 0.45 head -> hit
+    pred[5] += (11.0, 0.0)  # L-ankle at 0.55 -> miss
+    gt_missing = gt.copy()
+    gt_missing[1] = np.nan  # R-knee unlabelled: not counted whatever the prediction
+    pose.update(pred, gt_missing)
+    headless = gt.copy()
+    headless[LIP.pckh.head_top] = np.nan  # no head size: the whole image is excluded
+    pose.update(gt + 1000, headless)
+    r = pose.compute()
+    assert r["images"] == 1 and r["excluded_images"] == 1
+    per = r["joint_pckh"]
+    assert per[0] == 100.0 and per[5] == 0.0 and math.isnan(per[1])
+    assert r["groups"]["Ankle"] == 50.0
+    assert math.isnan(r["groups"]["Knee"]) is False and r["groups"]["Knee"] == 100.0  # nan-mean of (nan, 100)
+    # Avg pools joints 0-5 and 8-15 of this image: 13 counted (R-knee unlabelled), 12 hits
+    assert r["pckh"] == pytest.approx(100 * 12 / 13)
+    assert r["groups"]["Avg"] == r["pckh"]
+    assert r["groups"]["U.Body"] == 100.0
+    curve = list(r["curve"].values())
+    assert curve == sorted(curve) and curve[-1] == r["pckh"]
+
+
+def test_sums_from_two_shards_equal_one_pass() -> None:
+    rng = np.random.default_rng(1)
+    items = [(rng.uniform(0, 100, (16, 2)), _pose_gt() + rng.normal(0, 1, (16, 2))) for _ in range(6)]
+    whole, a, b = PoseMetrics(LIP), PoseMetrics(LIP), PoseMetrics(LIP)
+    for i, (p, g) in enumerate(items):
+        whole.update(p, g)
+        (a if i % 2 else b).update(p, g)
+    a.state += b.state  # what all_reduce does across ranks
+    assert a.compute() == whole.compute()
+    with pytest.raises(ValueError, match="0.5"):
+        PoseMetrics(LIP, thresholds=(0.1, 0.2))
