@@ -12,8 +12,23 @@ from mula_cli import __version__
 from mula_cli.errors import MulaError
 
 
+# Options whose value may be left out, and what they mean then (click has no optional values).
+_OPTIONAL_VALUES = {"--resume": "last"}
+
+
+def _fill_optional_values(args: list[str]) -> list[str]:
+    filled = []
+    for i, arg in enumerate(args):
+        missing = i + 1 == len(args) or args[i + 1].startswith("-")
+        filled.append(f"{arg}={_OPTIONAL_VALUES[arg]}" if arg in _OPTIONAL_VALUES and missing else arg)
+    return filled
+
+
 class _ReportingGroup(TyperGroup):
     """Turns a MulaError raised by any subcommand into one red line on stderr and exit code 2."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _fill_optional_values(list(args)))
 
     def invoke(self, ctx: typer.Context):  # typer.Context is click's Context
         try:
@@ -55,10 +70,15 @@ def _root(
 def _register() -> None:
     # Command modules keep torch imports inside their functions, so that commands that do
     # not need it (prepare, --version, --help) start in a fraction of a second.
-    from mula_cli.commands import info, prepare
+    from mula_cli.commands import info, prepare, train
 
     app.add_typer(prepare.app, name="prepare")
+    app.command("train")(train.train)
     app.command("info")(info.info)
+    from mula_cli.commands import import_official, models as models_cmd
+
+    app.command("models")(models_cmd.models)
+    app.command("import-official")(import_official.import_official)
 
 
 _register()

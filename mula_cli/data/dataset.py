@@ -15,7 +15,12 @@ A sample is a dict of tensors:
 - ``joints``: (J, 2) float32 joint positions in input pixels (0 where unlabelled), ``joint_mask``:
   (J,) bool labelled joints;
 - ``affine``: (2, 3) float64 original-to-input matrix, ``orig_size``: (2,) original height, width,
-  ``index``: position in the split, ``id``: the sample id.
+  ``index``: position in the split, ``id``: the sample id;
+- evaluation mode only: ``orig_parsing`` (H, W) uint8 ground truth at original size (None when the
+  sample has none) and ``orig_joints`` (P, J, 2) in original pixels, for scoring.
+
+Use :func:`collate` as the DataLoader's ``collate_fn``: it stacks what has one shape and keeps the
+rest (ids, original-size ground truth) as lists.
 """
 
 from __future__ import annotations
@@ -138,6 +143,7 @@ class MulaDataset(Dataset):
             "orig_size": torch.tensor([img.height, img.width]),
             "index": index,
             "id": t.ids[index],
+            **({} if cfg.train else {"orig_parsing": label, "orig_joints": joints}),
         }
 
     def _heatmaps(self, people: np.ndarray, side: int, stride: int) -> np.ndarray:
@@ -150,3 +156,17 @@ class MulaDataset(Dataset):
             return maps[0]
         joint_maps = np.max([mp[:num] for mp in maps], axis=0)  # several people: one peak per person
         return np.concatenate([joint_maps, 1.0 - joint_maps.max(axis=0, keepdims=True)]).astype(np.float32)
+
+
+def collate(samples: list[dict[str, object]]) -> dict[str, object]:
+    """Stack tensors of equal shape into a batch; keep everything else as a list."""
+    batch: dict[str, object] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if all(isinstance(v, torch.Tensor) for v in values) and len({tuple(v.shape) for v in values}) == 1:
+            batch[key] = torch.stack(values)
+        elif all(isinstance(v, int) for v in values):
+            batch[key] = torch.tensor(values)
+        else:
+            batch[key] = values
+    return batch

@@ -1,0 +1,1 @@
+"""Training: configuration, run directory, checkpoints and the training loop."""

@@ -1,0 +1,83 @@
+"""Devices and PyTorch's distributed engine, as ``torchrun`` sets it up.
+
+``torchrun --nproc-per-node N -m mula_cli train ...`` starts N processes with RANK, WORLD_SIZE,
+LOCAL_RANK and the rendezvous address in their environment; each joins the process group (NCCL on
+CUDA, gloo on CPU) and drives one device. A plain ``mula train`` is a world of one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from mula_cli.errors import MulaError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run."""
+
+    rank: int
+    size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def pick_device(option: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
+    if option == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if option == "cuda":
+        raise MulaError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device("cpu")
+
+
+def setup_world(device_option: str) -> World:
+    """Join the process group when started by torchrun; otherwise a world of one."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_option, local_rank)
+    if size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, rank=rank, world_size=size,
+                                **({"device_id": device} if device.type == "cuda" else {}))
+    return World(rank=rank, size=size, local_rank=local_rank, device=device)
+
+
+def shutdown_world() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_rank(flag: bool, world: World) -> bool:
+    """True when ``flag`` is true on any rank (a collective: every rank must call it)."""
+    if not world.distributed:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=world.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast_object(value, world: World):
+    """Rank 0's ``value`` on every rank."""
+    if not world.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

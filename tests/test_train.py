@@ -1,0 +1,185 @@
+"""`mula train` end to end on CPU: run directory, resume bit for bit, torchrun, bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from mula_cli.data.prepare import prepare_dataset
+from mula_cli.manifests import load_manifest
+from trees import build_lip_tree
+
+TINY = ["--model", "hg-tiny", "--width", "16", "--batch-size", "4", "--workers", "0", "--schedule", "constant",
+        "--lr", "1e-3", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    build_lip_tree(root / "LIP", counts={"train": 16, "val": 4}, seed=2)
+    path = root / "lip.h5"
+    prepare_dataset(load_manifest("lip"), root / "LIP", path)
+    return path
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _mula(*args: object, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mula_cli", *map(str, args)], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_train_writes_the_run_directory_and_the_loss_goes_down(cache: Path, tmp_path: Path) -> None:
+    result = _mula("train", "--data", cache, *TINY, "--epochs", "3", "--val-every", "1", "--project", "runs",
+                   cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "runs" / "exp"
+    assert str(run.relative_to(tmp_path)) in result.stdout
+    for name in ("config.json", "metrics.csv", "weights/last.pt", "weights/best.pt", "weights/best_parsing.pt",
+                 "weights/best_pose.pt", "vis/epoch_001.jpg", "vis/epoch_003.jpg"):
+        assert (run / name).is_file(), name
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert rows[0]["val_miou"] and rows[0]["val_pckh"]
+    # best.pt is an ordinary weights file: evaluate/predict/export read it
+    from mula_cli.model.weights import load_weights
+
+    model, config, extra = load_weights(run / "weights" / "best.pt")
+    assert config.preset == "hg-tiny" and "metrics" in extra and config.class_names[0] == "Background"
+    again = _mula("train", "--data", cache, *TINY, "--epochs", "1", "--project", "runs", cwd=tmp_path)
+    assert again.returncode == 0 and (tmp_path / "runs" / "exp2").is_dir()
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_weights(cache: Path, tmp_path: Path) -> None:
+    args = ["train", "--data", cache, *TINY, "--epochs", "2", "--val-every", "2", "--seed", "3"]
+    whole = _mula(*args, "--project", "a", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+
+    proc = subprocess.Popen([sys.executable, "-m", "mula_cli", *map(str, args), "--project", "b"], cwd=tmp_path,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # the per-epoch line of epoch 1: epoch 2 starts right after
+        if line.startswith("epoch 1:"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, errors = proc.communicate(timeout=600)
+    assert proc.returncode == 1, errors
+    assert "interrupted" in errors and "--resume" in rest
+    last = tmp_path / "b" / "exp" / "weights" / "last.pt"
+    saved = torch.load(last, weights_only=True)["training"]["state"]
+    assert saved["epoch"] == 1 and 1 <= saved["epoch_step"] < 4  # stopped inside epoch 2
+
+    resumed = _mula("train", "--resume", "--project", "b", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at epoch 2" in resumed.stdout
+    a, b = _state(tmp_path / "a" / "exp" / "weights" / "last.pt"), _state(last)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows_a, rows_b = _rows(tmp_path / "a" / "exp"), _rows(tmp_path / "b" / "exp")
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_reduce_metrics_like_one_process(cache: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--log-dir", str(logs), "--redirects", "3", "-m", "mula_cli", "train", "--data", str(cache), *TINY,
+           "--epochs", "1", "--device", "cpu", "--project", "runs", "--batch-size", "2"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank_logs = {p.parent.name: p.read_text() for p in logs.rglob("stdout.log")}
+    assert set(rank_logs) == {"0", "1"}  # both ranks ran
+    assert "run directory" in rank_logs["0"] and rank_logs["1"].strip() == ""  # only rank 0 speaks
+    runs = list((tmp_path / "runs").iterdir())
+    assert [r.name for r in runs] == ["exp"]  # only rank 0 made a run directory
+    best = runs[0] / "weights" / "best.pt"
+    import json
+
+    assert json.loads((runs[0] / "config.json").read_text())["world_size"] == 2
+
+    from mula_cli.data.cache import CacheFile
+    from mula_cli.evaluation import eval_loader, evaluate_model
+    from mula_cli.model.weights import load_weights
+
+    model, config, extra = load_weights(best)
+    with CacheFile(cache) as c:
+        manifest = c.manifest
+    # one image per forward pass and one thread, as each rank ran, so the float results are identical
+    loader = eval_loader(cache, "val", config.input_size, config.stride, batch_size=1, workers=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = evaluate_model(model, loader, manifest).summary()
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("pixel_acc", "mean_acc", "miou", "pckh"):
+        assert single[key] == pytest.approx(extra["metrics"][key], rel=1e-9, abs=1e-9), key
+
+
+def test_bad_training_input_is_one_line_exit_2(cache: Path, tmp_path: Path) -> None:
+    missing = run_cli("train", "--data", "lip")
+    assert missing.exit_code == 2 and "mula prepare lip" in missing.output
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"garbage" * 10)
+    bad_cache = run_cli("train", "--data", corrupt)
+    assert bad_cache.exit_code == 2 and "corrupt.h5" in bad_cache.output
+    preset = run_cli("train", "--data", cache, "--model", "hg-99s")
+    assert preset.exit_code == 2 and "hg-99s" in preset.output
+    config = tmp_path / "bad.toml"
+    config.write_text("epochs = 3\nlearning_rate = 0.1\n")
+    bad_key = run_cli("train", "--data", cache, "--config", config)
+    assert bad_key.exit_code == 2 and "learning_rate" in bad_key.output
+    config.write_text('epochs = "ten"\n')
+    bad_type = run_cli("train", "--data", cache, "--config", config)
+    assert bad_type.exit_code == 2 and "epochs" in bad_type.output
+    schedule = run_cli("train", "--data", cache, "--schedule", "cosine")
+    assert schedule.exit_code == 2 and "cosine" in schedule.output
+    for result in (missing, bad_cache, preset, bad_key, bad_type, schedule):
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_config_file_sets_options_and_flags_win(tmp_path: Path) -> None:
+    from mula_cli.train.config import resolve_config
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('model = "hg-2s"\nepochs = 7\nbatch-size = 6\nlr = 1\n')
+    cfg = resolve_config({"epochs": 9, "model": None}, toml)
+    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.lr) == ("hg-2s", 9, 6, 1.0)
+
+
+def test_learning_rate_schedules() -> None:
+    from mula_cli.train.config import TrainConfig
+
+    paper = TrainConfig(schedule="paper")
+    assert paper.lr_at(0, "hourglass") == 2.5e-3
+    assert paper.lr_at(148, "hourglass") == 2.5e-3 and paper.lr_at(149, "hourglass") == 1.25e-3
+    assert paper.lr_at(249, "hourglass") == pytest.approx(2.5e-3 / 16)
+    official = TrainConfig(schedule="official")
+    assert official.lr_at(0, "hourglass") == 1.5e-3 and official.lr_at(0, "vgg16") == 1e-4
+    assert official.lr_at(199, "hourglass") == pytest.approx(1.5e-4)
+    assert official.lr_at(229, "hourglass") == pytest.approx(0.05 * 1.5e-3)
+    short = TrainConfig(schedule="paper", epochs=10)
+    assert [short.lr_at(e, "hourglass") / 2.5e-3 for e in (0, 4, 5, 6, 9)] == [1.0, 1.0, 0.5, 0.25, 0.0625]
