@@ -1,0 +1,1 @@
+"""Procedural synthetic people in the LIP and PASCAL-Person-Part layouts."""
