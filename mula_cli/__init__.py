@@ -1,3 +1,16 @@
-"""mula: train, evaluate, run and export MuLA (Nie, Feng and Yan, ECCV 2018)."""
+"""mula: train, evaluate, run and export MuLA (Nie, Feng and Yan, ECCV 2018).
+
+The Python API is :class:`Predictor` (imported on first use, so the CLI starts without torch).
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["Predictor", "Prediction", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("Predictor", "Prediction"):
+        from mula_cli import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module 'mula_cli' has no attribute {name!r}")

@@ -87,7 +87,7 @@ class DatasetManifest:
 
     def to_json(self) -> str:
         """The resolved manifest as JSON, stored in caches and weights files."""
-        return json.dumps(self.raw, sort_keys=True)
+        return json.dumps(self.raw)  # key order kept: PCKh groups print in the manifest's order
 
 
 def _builtin_dir() -> Path:

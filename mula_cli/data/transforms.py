@@ -128,13 +128,22 @@ def warp_label(label: np.ndarray, m: np.ndarray, size: int, pad: int = 0) -> np.
     return np.array(out)
 
 
-def letterbox(img: Image.Image, input_size: int, pad: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def letterbox(img: Image.Image, input_size: int, pad: int = 128,
+              orig_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Official test input: bicubic resize of the long edge to ``input_size`` (anti-aliased), centre pad.
+
+    Args:
+        img: the RGB image (possibly already reduced while decoding, see ``orig_hw``).
+        input_size: the network input side.
+        pad: grey level of the padding.
+        orig_hw: the original (height, width) when ``img`` is a reduced decode of a larger image;
+            the matrix then maps original pixels.
 
     Returns:
         the (S, S, 3) uint8 input and the original-to-input matrix.
     """
-    m, (nh, nw), (top, left) = eval_affine(img.height, img.width, input_size)
+    height, width = orig_hw if orig_hw is not None else (img.height, img.width)
+    m, (nh, nw), (top, left) = eval_affine(height, width, input_size)
     if max(img.width, img.height) > 4 * input_size:  # huge photos: cheap box reduction first
         img = img.reduce(max(img.width, img.height) // (2 * input_size))
     resized = img.resize((nw, nh), Image.Resampling.BICUBIC)

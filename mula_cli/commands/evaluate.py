@@ -1,0 +1,195 @@
+"""``mula evaluate``: paper-comparable numbers on a cache split or a LIP-layout folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from mula_cli.console import out
+from mula_cli.errors import MulaError
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        scales = ()
+    if not scales or any(not 0.25 <= s <= 4 for s in scales):
+        raise MulaError(f"--scales {text!r} must be comma-separated factors between 0.25 and 4, e.g. 0.75,1,1.25")
+    return scales
+
+
+def next_dir(project: Path) -> Path:
+    """The next free ``project/exp``, ``exp2``, ... folder."""
+    project.mkdir(parents=True, exist_ok=True)
+    n, name = 1, "exp"
+    while (project / name).exists():
+        n += 1
+        name = f"exp{n}"
+    path = project / name
+    path.mkdir()
+    return path
+
+
+def evaluate(
+    weights: Path = typer.Argument(..., help="Weights file (a run's best.pt, or from `mula import-official`)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset name under MULA_HOME, a cache path, or a LIP-layout folder. Default: the dataset the weights were trained on."),
+    split: str = typer.Option("val", "--split", help="Split to score."),
+    flip: bool = typer.Option(False, "--flip", help="Flip testing for parsing too (pose is flip-averaged by the official protocol anyway)."),
+    pose_flip: bool = typer.Option(True, "--pose-flip/--no-pose-flip", help="Average pose heatmaps with the mirrored image (official protocol)."),
+    scales: str = typer.Option("1", "--scales", help="Multi-scale testing for both tasks, e.g. 0.75,1,1.25."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N images."),
+    save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="Also write the LIP pose CSV and one label PNG per image here."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    workers: int = typer.Option(4, "--workers", "-j", min=0, help="Data-loading processes."),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda."),
+    amp: str = typer.Option("auto", "--amp", help="Mixed precision on CUDA: auto|off|bf16|fp16."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout instead of tables."),
+) -> None:
+    """Score a model with the official test protocol (flip-averaged pose, single-pass parsing)."""
+    import torch
+
+    from mula_cli.data.cache import CacheFile
+    from mula_cli.evaluation import eval_loader, evaluate_model
+    from mula_cli.inference import InferenceOptions
+    from mula_cli.manifests import manifest_from_json
+    from mula_cli.model.weights import load_weights
+    from mula_cli.progress import make_progress
+    from mula_cli.train.distributed import pick_device
+
+    if amp not in ("auto", "off", "bf16", "fp16"):
+        raise MulaError(f"--amp {amp!r} is unknown; use auto, off, bf16 or fp16")
+    options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=parse_scales(scales))
+    dev = pick_device(device)
+    model, config, extra = load_weights(weights, map_location=dev)
+    trained_on = manifest_from_json(extra["manifest"]) if "manifest" in extra else None
+    with tempfile.TemporaryDirectory(prefix="mula-eval-") as tmp:
+        cache_path = _cache_for(data, trained_on, split, Path(tmp))
+        with CacheFile(cache_path) as cache:
+            manifest = cache.manifest
+            cache.split(split)  # a clear error when the split is missing
+        if (manifest.num_classes, manifest.num_joints) != (config.num_classes, config.num_joints):
+            raise MulaError(f"{weights} predicts {config.num_classes} classes / {config.num_joints} joints but "
+                            f"{cache_path} has {manifest.num_classes} / {manifest.num_joints}; pick the matching --data")
+        amp_dtype = None
+        if dev.type == "cuda" and amp != "off":
+            amp_dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+        loader = eval_loader(cache_path, split, config.input_size, config.stride, batch_size=batch_size,
+                             workers=workers, limit=limit)
+        writer = _PredictionWriter(save_dir, manifest) if save_dir else None
+        with make_progress(as_json) as bar:
+            task = bar.add_task(f"evaluate {manifest.name}/{split}", total=len(loader.dataset), unit="images")
+            result = evaluate_model(model, loader, manifest, options=options, amp_dtype=amp_dtype,
+                                    progress=lambda n: bar.advance(task, n),
+                                    on_prediction=writer.add if writer else None)
+    folder = save_dir or next_dir(Path("runs/evaluate"))
+    doc = {
+        "weights": str(weights), "data": str(data or manifest.name), "split": split, "images": result.images,
+        "protocol": {"pose_flip": pose_flip, "parsing_flip": flip, "scales": list(options.scales),
+                     "iou_mean": "nan-mean over classes present in ground truth or prediction"},
+        "parsing": {**result.parsing, "class_names": list(manifest.classes)},
+        "pose": None if result.pose is None else {**result.pose, "joint_names": list(manifest.joints)},
+        "seconds": round(result.seconds, 2),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(finite_json(doc), indent=2) + "\n", encoding="utf-8")
+    if writer is not None:
+        writer.close()
+    if as_json:
+        out.print_json(json.dumps(finite_json(doc)))
+        return
+    _print_tables(result, manifest)
+    out.print(f"{result.images:,} images in {result.seconds:.1f} s; metrics: {folder / 'metrics.json'}"
+              + (f"; predictions: {save_dir}" if save_dir else ""))
+
+
+def finite_json(value):
+    """The same structure with NaN / inf replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def _cache_for(data: Optional[str], trained_on, split: str, tmp: Path) -> Path:
+    """A cache path for ``--data``: a prepared dataset, a cache file, or a dataset folder cached on the fly."""
+    from mula_cli.data.cache import resolve_cache
+    from mula_cli.data.prepare import prepare_dataset
+
+    if data is not None and Path(data).expanduser().is_dir():
+        if trained_on is None:
+            raise MulaError(f"{data} is a folder but the weights do not say which dataset layout to read; "
+                            "prepare it first with `mula prepare`")
+        manifest = trained_on
+        target = tmp / f"{manifest.name}.h5"
+        out.print(f"reading {data} as {manifest.display_name} (split {split}) into a temporary cache")
+        prepare_dataset(manifest, Path(data).expanduser(), target, [split])
+        return target
+    name = data or (trained_on.name if trained_on is not None else "lip")
+    return resolve_cache(name)
+
+
+class _PredictionWriter:
+    """LIP submission files: one label PNG per image and the pose CSV (``name.jpg,x0,y0,...``)."""
+
+    def __init__(self, folder: Path, manifest) -> None:
+        from mula_cli.visualize import save_label_png
+
+        self.folder, self.manifest, self._save = Path(folder), manifest, save_label_png
+        (self.folder / "parsing").mkdir(parents=True, exist_ok=True)
+        self.rows: list[str] = []
+
+    def add(self, pred) -> None:
+        self._save(self.folder / "parsing" / f"{pred.id}.png", pred.labels, self.manifest)
+        coords = [str(int(round(v))) for xy in pred.joints for v in xy]
+        self.rows.append(",".join([f"{pred.id}.jpg", *coords]))
+
+    def close(self) -> None:
+        path = self.folder / f"pred_keypoints_{self.manifest.name}.csv"
+        path.write_text("\n".join(self.rows) + "\n", encoding="utf-8")
+
+
+def _fmt(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def _print_tables(result, manifest) -> None:
+    p = result.parsing
+    summary = Table(title="parsing (percent)", title_justify="left")
+    for col in ("PixelAcc", "MeanAcc", "mIoU", "fwIoU"):
+        summary.add_column(col, justify="right")
+    summary.add_row(_fmt(p["pixel_acc"]), _fmt(p["mean_acc"]), _fmt(p["miou"]), _fmt(p["fwiou"]))
+    out.print(summary)
+    classes = Table(title="per-class IoU (percent; - = class absent)", title_justify="left")
+    classes.add_column("class")
+    classes.add_column("IoU", justify="right")
+    classes.add_column("acc", justify="right")
+    for name, iou, acc in zip(manifest.classes, p["class_iou"], p["class_acc"]):
+        classes.add_row(name, _fmt(iou), _fmt(acc))
+    out.print(classes)
+    if result.pose is None:
+        out.print("pose: multi-person pose metrics (mAP) need a multi-person pose model; only parsing is scored")
+        return
+    q = result.pose
+    groups = Table(title="PCKh@0.5 (percent)", title_justify="left")
+    for name in q["groups"]:
+        groups.add_column(name, justify="right")
+    groups.add_row(*(_fmt(v) for v in q["groups"].values()))
+    out.print(groups)
+    out.print(f"PCKh over {q['images']} images ({q['excluded_images']} without both head joints excluded); "
+              f"PCK@0.2 of torso size {_fmt(q['pck_torso@0.2'])}")
+    joints = Table(title="PCKh@0.5 per joint", title_justify="left")
+    joints.add_column("joint")
+    joints.add_column("PCKh", justify="right")
+    for name, value in zip(manifest.joints, q["joint_pckh"]):
+        joints.add_row(name, _fmt(value))
+    out.print(joints)

@@ -1,0 +1,163 @@
+"""``mula predict``: parsing PNGs, pose JSON and overlays for your own pictures."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from mula_cli.console import err, out
+from mula_cli.errors import MulaError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+
+
+def expand_sources(sources: list[str]) -> list[tuple[Path, Path]]:
+    """(file, relative output stem) for every image named by files, folders (recursive) or globs."""
+    items: list[tuple[Path, Path]] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            items += [(p, p.relative_to(path).with_suffix("")) for p in found]
+        elif path.exists() or not any(c in source for c in "*?["):
+            items.append((path, Path(path.stem)))
+        else:
+            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(source), recursive=True))
+            items += [(m, Path(m.stem)) for m in matches if m.is_file()]
+    unique: dict[Path, Path] = {}
+    taken: set[Path] = set()
+    for file, stem in items:
+        if file in unique:
+            continue
+        candidate, n = stem, 2
+        while candidate in taken:  # a.jpg and a.png in one folder: a, a_2
+            candidate = stem.with_name(f"{stem.name}_{n}")
+            n += 1
+        taken.add(candidate)
+        unique[file] = candidate
+    return list(unique.items())
+
+
+def newest_best(project: Path = Path("runs/train")) -> Path:
+    found = sorted(project.glob("*/weights/best.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise MulaError(f"no --weights given and no {project}/*/weights/best.pt found; train a model or pass --weights")
+    return found[-1]
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        write(temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def pose_document(image: Path, size: tuple[int, int], prediction, predictor, weights_id: str) -> dict:
+    m = predictor.manifest
+    return {
+        "image": str(image),
+        "width": size[1],
+        "height": size[0],
+        "model": {"preset": predictor.config.preset, "variant": predictor.config.variant,
+                  "weights": str(predictor.weights), "sha256": weights_id},
+        "joints": [{"name": name, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4)}
+                   for name, (x, y), s in zip(m.joints, prediction.joints, prediction.scores)],
+        "skeleton": [[m.joints[a], m.joints[b]] for a, b in m.skeleton],
+        "parsing_classes": list(m.classes),
+    }
+
+
+def predict(
+    sources: list[str] = typer.Argument(..., help="Images, folders (searched recursively) or globs like 'photos/*.jpg'."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weights (.pt) or an exported model (.torchscript/.onnx). Default: the newest runs/train/*/weights/best.pt."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Parsing PNG for a single image (palette PNG, pixel = class id)."),
+    pose_path: Optional[Path] = typer.Option(None, "--pose", help="Pose JSON for a single image."),
+    vis_path: Optional[Path] = typer.Option(None, "--vis", help="Overlay picture for a single image."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for <name>.png, <name>.json and <name>_overlay.jpg of every image (folder structure mirrored). Default: runs/predict/expN."),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="With --out-dir: also write overlay pictures."),
+    flip: bool = typer.Option(False, "--flip", help="Flip testing for parsing too (pose is flip-averaged anyway)."),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Predict parsing and pose; outputs are at each picture's original resolution."""
+    from mula_cli.commands.evaluate import next_dir
+    from mula_cli.predictor import Predictor, read_image
+    from mula_cli.progress import make_progress
+    from mula_cli.visualize import draw_skeleton, overlay, save_label_png
+
+    items = expand_sources(sources)
+    if not items:
+        raise MulaError(f"no images found in {', '.join(sources)}")
+    single = out_path or pose_path or vis_path
+    if single and len(items) > 1:
+        raise MulaError(f"--out/--pose/--vis name files for one image but {len(items)} were given; use --out-dir")
+    if weights is None:
+        weights = newest_best()
+        out.print(f"using weights {weights} (the newest best.pt under runs/train)")
+    predictor = Predictor(weights, device, flip=flip)
+    weights_id = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    folder = None if single else (out_dir or next_dir(Path("runs/predict")))
+    failed: list[tuple[Path, str]] = []
+    written = 0
+    with make_progress(quiet) as bar:
+        task = bar.add_task("predict", total=len(items), unit="images")
+        for start in range(0, len(items), batch_size):
+            chunk, pictures = [], []
+            for file, stem in items[start:start + batch_size]:
+                try:
+                    pictures.append(read_image(file, max_side=predictor.input_size))
+                    chunk.append((file, stem))
+                except MulaError as exc:
+                    failed.append((file, str(exc)))
+                    err.print(f"[yellow]skipped[/] {exc}", soft_wrap=True)
+            if chunk:
+                results = predictor.predict_decoded(pictures)
+                for (file, stem), (img, hw), result in zip(chunk, pictures, results):
+                    targets = _targets(folder, stem, out_path, pose_path, vis_path, overlays)
+                    _write(targets, file, img, result, predictor, weights_id, save_label_png, overlay, draw_skeleton)
+                    written += 1
+            bar.advance(task, len(items[start:start + batch_size]))
+    where = folder if folder is not None else ", ".join(str(p) for p in (out_path, pose_path, vis_path) if p)
+    out.print(f"{written} image(s) predicted with {weights}; outputs: {where}")
+    if failed:
+        err.print(f"[red]{len(failed)} file(s) could not be read[/]: " + ", ".join(str(f) for f, _ in failed[:5]))
+        raise typer.Exit(1)
+
+
+def _targets(folder, stem, out_path, pose_path, vis_path, overlays) -> dict[str, Optional[Path]]:
+    if folder is None:
+        return {"labels": out_path, "pose": pose_path, "vis": vis_path}
+    base = Path(folder) / stem
+    return {"labels": base.with_name(base.name + ".png"), "pose": base.with_name(base.name + ".json"),
+            "vis": base.with_name(base.name + "_overlay.jpg") if overlays else None}
+
+
+def _write(targets, file, img, result, predictor, weights_id, save_label_png, overlay, draw_skeleton) -> None:
+    m = predictor.manifest
+    if targets["labels"] is not None:
+        save_label_png(targets["labels"], result.labels, m)
+    if targets["pose"] is not None:
+        doc = pose_document(file, result.size, result, predictor, weights_id)
+        _atomic_write(targets["pose"], lambda p: p.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8"))
+    if targets["vis"] is not None:
+        # drawn at the decoded size: the original for ordinary photos, a reduced one for huge JPEGs
+        labels, joints = result.labels, result.joints
+        if img.size != (result.size[1], result.size[0]):
+            from PIL import Image
+
+            labels = np.asarray(Image.fromarray(labels).resize(img.size, Image.Resampling.NEAREST))
+            joints = joints * np.array([img.width / result.size[1], img.height / result.size[0]])
+        drawn = draw_skeleton(overlay(img, labels, m), joints, m, result.scores)
+        fmt = "PNG" if targets["vis"].suffix.lower() == ".png" else "JPEG"
+        _atomic_write(targets["vis"], lambda p: drawn.save(p, format=fmt, **({"quality": 90} if fmt == "JPEG" else {})))

@@ -1,0 +1,178 @@
+"""The Python API: load a model once, predict parsing and pose on your own pictures.
+
+>>> from mula_cli import Predictor
+>>> predictor = Predictor("runs/train/exp/weights/best.pt")
+>>> result = predictor("photo.jpg")          # a path, a PIL image or an (H, W[, C]) array
+>>> result.labels.shape, result.joints.shape  # (H, W) class ids, (J, 2) x, y in the photo's pixels
+
+Pictures are read as people's photos are: EXIF orientation applied; grayscale, RGBA, palette,
+CMYK and 16-bit images turned into 8-bit RGB; very large JPEGs decoded at a reduced scale (the
+model sees the long edge at its input size anyway), and every output is at the original size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from mula_cli.data.transforms import apply_affine, invert_affine, letterbox
+from mula_cli.errors import MulaError
+from mula_cli.inference import InferenceOptions, predict_batch, to_original
+from mula_cli.manifests import DatasetManifest, load_manifest, manifest_from_json
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray]
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+@dataclass
+class Prediction:
+    """One picture's result, at its original resolution."""
+
+    labels: np.ndarray  # (H, W) uint8 class ids
+    joints: np.ndarray  # (J, 2) float x, y in pixels
+    scores: np.ndarray  # (J,) heatmap maxima (confidence)
+    size: tuple[int, int]  # (height, width)
+
+
+def read_image(source: ImageInput, max_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """An 8-bit RGB picture upright as a person would view it, and its full (height, width).
+
+    Args:
+        source: a path, a PIL image or an array (H, W), (H, W, 3) or (H, W, 4); uint8, uint16 or float in [0, 1].
+        max_side: when given, JPEGs larger than twice this are decoded at a reduced scale (DCT scaling).
+
+    Raises:
+        MulaError: the file cannot be read as an image.
+    """
+    if isinstance(source, np.ndarray):
+        img = _from_array(source)
+        return img, (img.height, img.width)
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        try:
+            img = Image.open(source)
+            img.size  # noqa: B018 - touch the header
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise MulaError(f"cannot read {source} as an image ({exc.__class__.__name__}); is it a picture?") from None
+    width, height = img.size
+    orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+    if orientation in _TRANSPOSED:
+        width, height = height, width
+    if max_side is not None and img.format == "JPEG" and max(width, height) > 2 * max_side:
+        img.draft("RGB", (2 * max_side, 2 * max_side))  # keeps at least this size; loads less
+    try:
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+    except (OSError, ValueError) as exc:
+        raise MulaError(f"cannot decode {source} ({exc}); the file is damaged or not an image") from None
+    return img, (height, width)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (128, 128, 128, 255))  # transparent = the padding grey
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def _from_array(arr: np.ndarray) -> Image.Image:
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise MulaError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), not {a.shape}")
+    if a.dtype == np.uint16:
+        a = (a / 257.0).round().astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating):
+        a = np.clip(a * 255.0 if a.max(initial=0) <= 1.0 else a, 0, 255).round().astype(np.uint8)
+    elif a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    return _to_rgb(Image.fromarray(a))
+
+
+class Predictor:
+    """Loads weights once and predicts on pictures.
+
+    Args:
+        weights: a mula weights file (``.pt``) or an exported model (``.torchscript`` / ``.onnx``).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        flip: flip testing for parsing too (pose is flip-averaged by default, the official protocol).
+        pose_flip: average pose with the mirrored picture.
+        scales: multi-scale testing factors.
+    """
+
+    def __init__(self, weights: str | Path, device: str = "auto", *, flip: bool = False, pose_flip: bool = True,
+                 scales: Sequence[float] = (1.0,)) -> None:
+        from mula_cli.train.distributed import pick_device
+
+        self.weights = Path(weights)
+        self.device = pick_device(device)
+        suffix = self.weights.suffix.lower()
+        if suffix in (".torchscript", ".ts", ".onnx"):
+            from mula_cli.export import load_exported
+
+            self.model = load_exported(self.weights, self.device)
+            self.config, extra = self.model.config, self.model.extra
+        else:
+            from mula_cli.model.weights import load_weights
+
+            self.model, self.config, extra = load_weights(self.weights, map_location=self.device)
+        self.manifest: DatasetManifest = _manifest(extra, self.config)
+        self.options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=tuple(scales))
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    def __call__(self, image: ImageInput) -> Prediction:
+        return self.predict([image])[0]
+
+    def predict(self, images: Sequence[ImageInput]) -> list[Prediction]:
+        """Predict a batch of pictures (one forward pass)."""
+        return self.predict_decoded([read_image(image, max_side=self.input_size) for image in images])
+
+    def predict_decoded(self, pictures: Sequence[tuple[Image.Image, tuple[int, int]]]) -> list[Prediction]:
+        """Predict pictures already read with :func:`read_image` (RGB image, original (height, width))."""
+        size = self.input_size
+        inputs, affines, sizes = [], [], []
+        for img, orig_hw in pictures:
+            pixels, m = letterbox(img, size, orig_hw=orig_hw)
+            inputs.append(torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))))
+            affines.append(m)
+            sizes.append(orig_hw)
+        batch = torch.stack(inputs).to(self.device)
+        pred = predict_batch(self.model, batch, self.manifest, self.options)
+        coords, scores = pred.joints.cpu().numpy(), pred.scores.float().cpu().numpy()
+        results = []
+        for i, (m, hw) in enumerate(zip(affines, sizes)):
+            labels = to_original(pred.labels[i], m, hw).to(torch.uint8).cpu().numpy()
+            joints = apply_affine(coords[i].astype(np.float64), invert_affine(m))
+            # a maximum in the letterbox padding still names the nearest place inside the picture
+            joints = np.clip(joints, 0.0, [hw[1] - 1.0, hw[0] - 1.0])
+            results.append(Prediction(labels, joints, scores[i], hw))
+        return results
+
+
+def _manifest(extra: dict, config) -> DatasetManifest:
+    """The dataset facts stored with the weights; LIP's when the file carries none (imported weights)."""
+    if "manifest" in extra:
+        return manifest_from_json(extra["manifest"])
+    manifest = load_manifest("lip")
+    if (manifest.num_classes, manifest.num_joints) != (config.num_classes, config.num_joints):
+        raise MulaError("these weights carry no dataset manifest and do not match LIP's classes and joints")
+    return manifest
