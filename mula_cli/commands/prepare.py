@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -138,7 +139,7 @@ def prepare_synthetic_dataset(folder: Optional[Path], *, train: Optional[int] = 
     _claim_folder(folder, force)
 
     generate = generate_pascal_tree if multi_person else generate_lip_tree
-    n_workers = workers if workers is not None else 1
+    n_workers = workers if workers is not None else (min(os.cpu_count() or 1, 8) if sum(counts.values()) >= 200 else 1)
     with make_progress(quiet) as bar:
         task = bar.add_task(f"generate {manifest.name}", total=sum(counts.values()), unit="images")
         stats = generate(folder, counts, seed, manifest, workers=max(n_workers, 1),
