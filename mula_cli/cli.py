@@ -70,12 +70,13 @@ def _root(
 def _register() -> None:
     # Command modules keep torch imports inside their functions, so that commands that do
     # not need it (prepare, --version, --help) start in a fraction of a second.
-    from mula_cli.commands import demo, evaluate, info, predict, prepare, train
+    from mula_cli.commands import demo, evaluate, export, info, predict, prepare, train
 
     app.add_typer(prepare.app, name="prepare")
     app.command("train")(train.train)
     app.command("evaluate")(evaluate.evaluate)
     app.command("predict")(predict.predict)
+    app.command("export")(export.export)
     app.command("demo")(demo.demo)
     app.command("info")(info.info)
     from mula_cli.commands import import_official, models as models_cmd
