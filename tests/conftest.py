@@ -26,3 +26,27 @@ def run_cli(*args: str) -> "object":
     from mula_cli.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A weights file of an untrained hg-tiny (width 16) for LIP, with BN statistics that look trained
+    (the defaults would make every stage amplify its input)."""
+    import torch
+
+    from mula_cli.manifests import load_manifest
+    from mula_cli.model.presets import build_model
+    from mula_cli.model.weights import save_weights
+
+    lip = load_manifest("lip")
+    torch.manual_seed(0)
+    model = build_model("hg-tiny", num_classes=20, num_joints=16, width=16, class_names=lip.classes,
+                        joint_names=lip.joints)
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) * 1.5 + 0.5)
+            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_weights(path, model, extra={"manifest": lip.to_json()})
+    return path

@@ -17,23 +17,17 @@ from trees import build_lip_tree
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    import torch
-
-    from mula_cli.model.presets import build_model
-    from mula_cli.model.weights import save_weights
-
+def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("eval")
     build_lip_tree(root / "LIP", counts={"train": 2, "val": 5}, seed=4)
     cache = root / "lip.h5"
     prepare_dataset(load_manifest("lip"), root / "LIP", cache)
-    lip = load_manifest("lip")
-    torch.manual_seed(1)
-    model = build_model("hg-tiny", num_classes=20, num_joints=16, width=16, class_names=lip.classes,
-                        joint_names=lip.joints)
-    weights = root / "tiny.pt"
-    save_weights(weights, model, extra={"manifest": lip.to_json()})
-    return root, cache, weights
+    return root, cache
+
+
+@pytest.fixture
+def setup(tree: tuple[Path, Path], tiny_weights: Path) -> tuple[Path, Path, Path]:
+    return (*tree, tiny_weights)
 
 
 def test_evaluate_writes_metrics_and_lip_submission_files(setup, tmp_path: Path) -> None:

@@ -18,23 +18,9 @@ HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="ONNX checks need the optional onnx and onnxruntime packages")
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mula_cli.model.presets import build_model
-    from mula_cli.model.weights import save_weights
-
-    lip = load_manifest("lip")
-    torch.manual_seed(0)
-    model = build_model("hg-tiny", num_classes=20, num_joints=16, width=16, class_names=lip.classes,
-                        joint_names=lip.joints)
-    # trained-looking BN statistics, so outputs are not dominated by the default ones
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_var.uniform_(0.5, 2.0)
-            module.running_mean.normal_(0, 0.1)
-    path = tmp_path_factory.mktemp("w") / "tiny.pt"
-    save_weights(path, model, extra={"manifest": lip.to_json()})
-    return path
+@pytest.fixture
+def weights(tiny_weights: Path) -> Path:
+    return tiny_weights
 
 
 def _eager(weights: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

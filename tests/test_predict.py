@@ -13,20 +13,9 @@ from conftest import run_cli
 from mula_cli.manifests import load_manifest
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from mula_cli.model.presets import build_model
-    from mula_cli.model.weights import save_weights
-
-    lip = load_manifest("lip")
-    torch.manual_seed(0)
-    model = build_model("hg-tiny", num_classes=20, num_joints=16, width=16, class_names=lip.classes,
-                        joint_names=lip.joints)
-    path = tmp_path_factory.mktemp("w") / "tiny.pt"
-    save_weights(path, model, extra={"manifest": lip.to_json()})
-    return path
+@pytest.fixture
+def weights(tiny_weights: Path) -> Path:
+    return tiny_weights
 
 
 def _photos(folder: Path) -> dict[str, tuple[int, int]]:

@@ -1,0 +1,71 @@
+"""The per-stage joint loss: the authors' weighting, its parts, ignore labels and stage weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mula_cli.model.loss import mula_loss, parsing_cross_entropy, pose_mse
+from mula_cli.model.mula import MulaOutput
+
+B, J1, P, S, SIZE = 2, 5, 4, 8, 32  # batch, joint maps, classes, stride-s side, label side
+
+
+def fake_output(stages: int, seed: int = 0) -> MulaOutput:
+    g = torch.Generator().manual_seed(seed)
+    pose = [torch.randn(B, J1, S, S, generator=g, requires_grad=True) for _ in range(stages)]
+    parsing = [torch.randn(B, P, S, S, generator=g, requires_grad=True) for _ in range(stages)]
+    return MulaOutput(pose, parsing)
+
+
+def targets(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    heatmaps = torch.rand(B, J1, S, S, generator=g)
+    labels = torch.randint(0, P, (B, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    labels[:, :4] = 255  # an ignored band
+    return heatmaps, labels
+
+
+def test_parsing_term_is_the_authors_upsample_log_softmax_nll() -> None:
+    out = fake_output(1)
+    heatmaps, labels = targets()
+    logits = out.parsing[0]
+    upsampled = F.interpolate(logits, size=(SIZE, SIZE), mode="bilinear", align_corners=True)
+    expected = F.nll_loss(F.log_softmax(upsampled, dim=1), labels.long(), ignore_index=255)
+    torch.testing.assert_close(parsing_cross_entropy(logits, labels), expected)
+    # Pose: mean over every map and pixel, the background map included.
+    torch.testing.assert_close(pose_mse(out.pose[0], heatmaps), ((out.pose[0] - heatmaps) ** 2).mean())
+
+
+def test_total_is_the_sum_over_stages_of_mse_plus_beta_ce_and_parts_stay_tensors() -> None:
+    out = fake_output(3)
+    heatmaps, labels = targets()
+    total, parts = mula_loss(out, heatmaps, labels)
+    assert set(parts) == {f"s{t}/{task}" for t in (1, 2, 3) for task in ("pose", "parsing")}
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in parts.values())
+    expected = sum(parts[f"s{t}/pose"] + 0.01 * parts[f"s{t}/parsing"] for t in (1, 2, 3))
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert all(p.grad is not None for p in out.pose + out.parsing)
+
+
+def test_beta_and_stage_weights() -> None:
+    out = fake_output(2)
+    heatmaps, labels = targets()
+    total, parts = mula_loss(out, heatmaps, labels, beta=0.5, stage_weights=[0.0, 2.0])
+    torch.testing.assert_close(total, 2.0 * (parts["s2/pose"] + 0.5 * parts["s2/parsing"]))
+    with pytest.raises(ValueError, match="stage weights"):
+        mula_loss(out, heatmaps, labels, stage_weights=[1.0])
+
+
+def test_ignored_pixels_do_not_count_and_an_all_ignored_batch_gives_zero() -> None:
+    out = fake_output(1)
+    _, labels = targets()
+    logits = out.parsing[0].detach()
+    upsampled = F.interpolate(logits, size=(SIZE, SIZE), mode="bilinear", align_corners=True)
+    per_pixel = F.cross_entropy(upsampled, labels.long().clamp(max=P - 1), reduction="none")
+    labelled = labels != 255
+    torch.testing.assert_close(parsing_cross_entropy(logits, labels), per_pixel[labelled].mean())
+    loss = parsing_cross_entropy(logits, torch.full_like(labels, 255))
+    assert torch.isfinite(loss) and loss == 0
