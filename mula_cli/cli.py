@@ -83,6 +83,9 @@ def _register() -> None:
 
     app.command("models")(models_cmd.models)
     app.command("import-official")(import_official.import_official)
+    from mula_cli.commands import benchmark
+
+    app.add_typer(benchmark.app, name="benchmark")
 
 
 _register()

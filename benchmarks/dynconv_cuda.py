@@ -1,0 +1,58 @@
+"""Benchmark the per-sample depthwise convolution on a CUDA GPU (the script form of
+``mula benchmark dynconv``).
+
+Triton vs the grouped convolution (NCHW and channels_last) over B in {8, 16, 32}, C in {256, 512},
+H=W in {32, 64}, h in {3, 7}, fp32 and bf16: forward, backward and forward+backward, each against
+max(byte floor, FMA floor) from the card's measured copy bandwidth and fp32 FMA rate; a sweep of tile
+shapes for B=16, C=256, 64x64, 7x7; the compiler's register/spill report; the hg-5s training step
+with each implementation. Prints a table and saves ``benchmarks/results/dynconv_<card>.json``.
+
+    python benchmarks/dynconv_cuda.py [--quick] [--no-sweep] [--no-train] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mula_cli.errors import MulaError
+from mula_cli.ops import dynconv_bench
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only B=16, C=256, 64x64; fewer repeats")
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the tile sweep")
+    parser.add_argument("--no-train", dest="train", action="store_false", help="skip the hg-5s training step")
+    parser.add_argument(
+        "--out", type=Path, help="JSON path (default: benchmarks/results/dynconv_<card>.json)"
+    )
+    args = parser.parse_args()
+
+    def save(report: dict) -> None:
+        path = args.out or RESULTS / dynconv_bench.default_output(report).name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1))
+
+    try:
+        report = dynconv_bench.run(
+            quick=args.quick,
+            sweep=args.sweep,
+            train=args.train,
+            save=save,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except MulaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    dynconv_bench.print_summary(report)
+    print(f"wrote {args.out or RESULTS / dynconv_bench.default_output(report).name}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
