@@ -3,7 +3,8 @@
 Generates a synthetic LIP-layout tree, caches it with ``prepare`` (one worker and several), then
 times ``MulaDataset.__getitem__`` at 256x256 with the full training augmentation (rotation, scale,
 crop, flip, heatmap targets) in one process with one thread, which is what one DataLoader worker
-does. Prints and saves ``benchmarks/results/data_speed.json``.
+does: with the warp in the worker (PIL) and deferred to the device in batches (then also the batch
+warp's own time). Prints and saves ``benchmarks/results/data_speed.json``.
 
     python benchmarks/data_speed.py [--images 400] [--epochs 3]
 """
@@ -42,6 +43,30 @@ def getitem_rate(cache: Path, config: SampleConfig, epochs: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def device_warp_ms(cache: Path, batch: int) -> dict[str, float]:
+    """Time of mula_cli.data.device_warp.warp_sources for one batch, on the CPU and on CUDA if present."""
+    from mula_cli.data.dataset import collate
+    from mula_cli.data.device_warp import warp_sources
+
+    dataset = MulaDataset(cache, "train", SampleConfig(defer_warp=True))
+    data = collate([dataset[i % len(dataset)] for i in range(batch)])
+    lut = torch.arange(256)
+    timings = {}
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        args = [data[k].to(device) for k in ("source", "source_parsing", "theta", "flipped", "has_parsing")]
+        for _ in range(2):
+            warp_sources(*args, lut.to(device), 256)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(5):
+            warp_sources(*args, lut.to(device), 256)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        timings[device] = round((time.perf_counter() - start) / 5 * 1e3, 2)
+    return timings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=400)
@@ -60,7 +85,9 @@ def main() -> None:
             result = prepare_dataset(manifest, root, Path(tmp) / f"c{workers}.h5", workers=workers)
             results[f"prepare_samples_per_s_workers_{workers}"] = round(result.total / (time.perf_counter() - t0), 1)
         cache = Path(tmp) / "c1.h5"
+        results["device_warp_batch_of_32_ms"] = device_warp_ms(cache, 32)
         results["getitem_per_core"] = {
+            "deferred_warp_worker": round(getitem_rate(cache, SampleConfig(defer_warp=True), args.epochs), 1),
             "full_augmentation_bilinear": round(getitem_rate(cache, SampleConfig(), args.epochs), 1),
             "full_augmentation_bicubic": round(
                 getitem_rate(cache, SampleConfig(augment=AugmentConfig(bicubic=True)), args.epochs), 1),

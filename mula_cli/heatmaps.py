@@ -26,34 +26,50 @@ def grid_centers(size: int, stride: int) -> np.ndarray:
     return stride / 2.0 - 0.5 + np.arange(size, dtype=np.float64) * stride
 
 
-def encode_heatmaps(joints: np.ndarray, labelled: np.ndarray, out_hw: tuple[int, int], stride: int,
-                    sigma: float = 7.0) -> np.ndarray:
-    """Target maps for one sample.
+def encode_heatmaps(joints: Tensor | np.ndarray, labelled: Tensor | np.ndarray, out_hw: tuple[int, int],
+                    stride: int, sigma: float = 7.0) -> Tensor:
+    """Target maps, for one sample or a batch, on the joints' device (CPU workers or the GPU).
 
     Args:
-        joints: (J, 2) joint x, y in input pixels.
-        labelled: (J,) bool, joints that have coordinates.
+        joints: (..., J, 2) joint x, y in input pixels.
+        labelled: (..., J) bool, joints that have coordinates (unlabelled ones give all-zero maps).
         out_hw: heatmap height and width (input size / stride).
         stride: input pixels per heatmap cell.
         sigma: Gaussian sigma in input pixels.
 
     Returns:
-        (J + 1, H, W) float32: one map per joint, then the background map.
+        (..., J + 1, H, W) float32: one map per joint, then the background map.
     """
+    joints = torch.as_tensor(joints, dtype=torch.float32)
+    labelled = torch.as_tensor(labelled, dtype=torch.bool, device=joints.device)
     h, w = out_hw
-    num = len(joints)
-    maps = np.zeros((num + 1, h, w), np.float32)
-    idx = np.flatnonzero(labelled)
-    if len(idx):
-        # exp(-(dx^2 + dy^2) / 2 sigma^2) is separable: outer products of 1-D Gaussians, all joints at once
-        two_s2 = 2.0 * sigma * sigma
-        gx = np.exp(-np.minimum((grid_centers(w, stride)[None] - joints[idx, 0:1]) ** 2 / two_s2, 50.0))
-        gy = np.exp(-np.minimum((grid_centers(h, stride)[None] - joints[idx, 1:2]) ** 2 / two_s2, 50.0))
-        g = gy[:, :, None] * gx[:, None, :]
-        g[g < np.exp(-GAUSSIAN_CUTOFF)] = 0.0
-        maps[idx] = np.minimum(g, 1.0)
-    maps[num] = 1.0 - maps[:num].max(axis=0) if num else 1.0
-    return maps
+    two_s2 = 2.0 * sigma * sigma
+    xs = torch.from_numpy(grid_centers(w, stride)).float().to(joints.device)
+    ys = torch.from_numpy(grid_centers(h, stride)).float().to(joints.device)
+    x = torch.where(labelled, joints[..., 0], torch.zeros_like(joints[..., 0]))
+    y = torch.where(labelled, joints[..., 1], torch.zeros_like(joints[..., 1]))
+    # exp(-(dx^2 + dy^2) / 2 sigma^2) is separable: an outer product of two 1-D Gaussians per joint
+    gx = torch.exp(-((xs - x[..., None]) ** 2 / two_s2).clamp(max=50.0))
+    gy = torch.exp(-((ys - y[..., None]) ** 2 / two_s2).clamp(max=50.0))
+    maps = gy[..., :, None] * gx[..., None, :]
+    maps = torch.where(maps < math.exp(-GAUSSIAN_CUTOFF), torch.zeros_like(maps), maps).clamp(max=1.0)
+    maps = maps * labelled[..., None, None]
+    background = 1.0 - (maps.amax(dim=-3, keepdim=True) if maps.shape[-3] else torch.zeros_like(maps[..., :1, :, :]))
+    return torch.cat([maps, background], dim=-3)
+
+
+def encode_people_heatmaps(people: Tensor | np.ndarray, out_hw: tuple[int, int], stride: int,
+                           sigma: float = 7.0, num_joints: int | None = None) -> Tensor:
+    """(J + 1, H, W) targets for every person of an image (P, J, 2), NaN = unlabelled: one peak per person."""
+    people = torch.as_tensor(people, dtype=torch.float32)
+    if people.shape[0] == 0:
+        people = torch.full((1, num_joints or 0, 2), float("nan"))
+    labelled = torch.isfinite(people).all(dim=-1)
+    maps = encode_heatmaps(torch.nan_to_num(people), labelled, out_hw, stride, sigma)
+    if maps.shape[0] == 1:
+        return maps[0]
+    joint_maps = maps[:, :-1].amax(dim=0)
+    return torch.cat([joint_maps, 1.0 - joint_maps.amax(dim=0, keepdim=True)])
 
 
 def decode_argmax(heatmaps: Tensor, stride: int) -> tuple[Tensor, Tensor]:

@@ -148,3 +148,23 @@ def test_limit_and_bad_split(lip_cache: Path) -> None:
     assert len(MulaDataset(lip_cache, "train", limit=3)) == 3
     with pytest.raises(MulaError, match="no 'test' split"):
         MulaDataset(lip_cache, "test")
+
+
+def test_deferred_device_warp_matches_the_cpu_warp(lip_cache: Path) -> None:
+    from mula_cli.data.dataset import collate
+    from mula_cli.data.device_warp import warp_sources
+
+    config = SampleConfig(seed=9, augment=AugmentConfig(flip_prob=0.5))
+    cpu = MulaDataset(lip_cache, "train", config)
+    deferred = MulaDataset(lip_cache, "train", replace(config, defer_warp=True))
+    batch = collate([deferred[i] for i in range(len(deferred))])
+    reference = collate([cpu[i] for i in range(len(cpu))])
+    lut = torch.from_numpy(load_manifest("lip").class_flip_lut().astype(np.int64))
+    images, parsing = warp_sources(batch["source"], batch["source_parsing"], batch["theta"], batch["flipped"],
+                                   batch["has_parsing"], lut, 256)
+    assert batch["flipped"].any() and (~batch["flipped"]).any()
+    # same geometry, same targets; PIL and PyTorch bilinear differ only slightly
+    assert float((images - reference["image"].float()).abs().mean()) < 2.0
+    assert float((parsing == reference["parsing"]).float().mean()) > 0.995
+    torch.testing.assert_close(batch["heatmaps"], reference["heatmaps"])
+    torch.testing.assert_close(batch["joints"], reference["joints"])

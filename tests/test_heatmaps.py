@@ -39,11 +39,21 @@ def _reference_map(center, stride, grid, sigma):
 def test_encoding_matches_the_recipe_point_by_point(stride: int, grid: int) -> None:
     joints = np.array([[10.0, 20.0], [33.3, 5.5], [-30.0, 12.0], [60.0, 60.0]])
     labelled = np.array([True, True, True, False])
-    maps = encode_heatmaps(joints, labelled, (grid, grid), stride, sigma=7.0)
+    maps = encode_heatmaps(joints, labelled, (grid, grid), stride, sigma=7.0).numpy()
     for j in range(3):
         np.testing.assert_allclose(maps[j], _reference_map(joints[j], stride, grid, 7.0), atol=1e-6)
     assert maps[3].max() == 0.0
     np.testing.assert_allclose(maps[4], 1.0 - maps[:4].max(0))
+
+
+def test_batched_encoding_equals_one_sample_at_a_time() -> None:
+    rng = np.random.default_rng(0)
+    joints = torch.from_numpy(rng.uniform(-10, 140, (3, 5, 2)))
+    labelled = torch.from_numpy(rng.random((3, 5)) > 0.3)
+    batch = encode_heatmaps(joints, labelled, (32, 32), 4)
+    assert batch.shape == (3, 6, 32, 32)
+    for b in range(3):
+        torch.testing.assert_close(batch[b], encode_heatmaps(joints[b], labelled[b], (32, 32), 4))
 
 
 def test_argmax_decoding_returns_cell_centres_in_input_pixels() -> None:
@@ -67,7 +77,7 @@ def test_blur_matches_scipy_gaussian_filter() -> None:
 def test_official_decoding_recovers_encoded_joints() -> None:
     joints = np.array([[100.0, 60.0], [31.0, 200.0]])
     maps = encode_heatmaps(joints, np.array([True, True]), (64, 64), 4)
-    coords, _ = decode_official(torch.from_numpy(maps[None, :2]), (256, 256))
+    coords, _ = decode_official(maps[None, :2], (256, 256))
     assert (coords[0] - torch.from_numpy(joints).float()).abs().max() <= 1.0
 
 

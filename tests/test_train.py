@@ -68,7 +68,8 @@ def test_train_writes_the_run_directory_and_the_loss_goes_down(cache: Path, tmp_
 
     model, config, extra = load_weights(run / "weights" / "best.pt")
     assert config.preset == "hg-tiny" and "metrics" in extra and config.class_names[0] == "Background"
-    again = _mula("train", "--data", cache, *TINY, "--epochs", "1", "--project", "runs", cwd=tmp_path)
+    again = _mula("train", "--data", cache, *TINY, "--epochs", "1", "--project", "runs", "--device-augment",
+                  cwd=tmp_path)  # the batched resampling path, here on the CPU
     assert again.returncode == 0 and (tmp_path / "runs" / "exp2").is_dir()
 
 

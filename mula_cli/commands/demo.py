@@ -28,8 +28,11 @@ class DemoPlan:
     test: int = 6
     model: str = "hg-tiny"
     epochs: int = 12
-    batch_size: int = 16
-    lr: float = 2.5e-3
+    batch_size: int = 8
+    # A tiny model on a few hundred pictures learns much faster with both tasks weighted alike and a
+    # higher rate than the paper's recipe (beta 0.01, lr 2.5e-3, tuned for HG-5s on 30k images).
+    lr: float = 5e-3
+    beta: float = 1.0
 
 
 FULL = DemoPlan()
@@ -70,7 +73,7 @@ def run_demo(folder: Optional[Path], plan: DemoPlan, device: str, seed: int) -> 
 
     out.rule(f"2/5 untrained {plan.model}")
     cfg = TrainConfig(data=str(cache), model=plan.model, epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr,
-                      schedule="paper", seed=seed, device=device, workers=min(2, _cores()), val_every=plan.epochs,
+                      beta=plan.beta, schedule="paper", seed=seed, device=device, workers=min(2, _cores()), val_every=plan.epochs,
                       project=str(root), name="train", vis_images=4, log_every=5)
     before = _score_untrained(cfg, cache)
 

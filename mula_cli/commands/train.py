@@ -43,6 +43,7 @@ def train(
     sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm across GPUs. Default: off.", rich_help_panel=HARDWARE),
     compile_model: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model. Default: off.", rich_help_panel=HARDWARE),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic", help="Deterministic algorithms (slower on GPU). Default: off.", rich_help_panel=HARDWARE),
+    device_augment: Optional[bool] = typer.Option(None, "--device-augment/--cpu-augment", help="Resample augmented images in batches on the training device instead of in the data workers. Default: on with CUDA.", rich_help_panel=HARDWARE),
     project: Optional[str] = typer.Option(None, "--project", help="Folder of runs. Default: runs/train.", rich_help_panel=OUTPUT),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (auto-incremented if taken). Default: exp.", rich_help_panel=OUTPUT),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue a run: its weights/last.pt, or with no value the newest run's.", rich_help_panel=OUTPUT),
@@ -58,7 +59,7 @@ def train(
     flags = dict(data=data, workers=workers, val_every=val_every, val_limit=val_limit, model=model, stages=stages,
                  variant=variant, width=width, input_size=input_size, epochs=epochs, batch_size=batch_size, lr=lr,
                  schedule=schedule, beta=beta, seed=seed, device=device, amp=amp, sync_bn=sync_bn,
-                 compile=compile_model, deterministic=deterministic, project=project, name=name, log_every=log_every)
+                 compile=compile_model, deterministic=deterministic, device_augment=device_augment, project=project, name=name, log_every=log_every)
     if resume is not None:
         path = find_last_checkpoint(Path(project or "runs/train")) if resume == "last" else Path(resume)
         given = sorted(k for k, v in flags.items() if v is not None and k not in ("epochs", "workers", "device", "project"))

@@ -37,8 +37,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mula_cli.data.cache import CacheFile, CacheSplit
+from mula_cli.data.device_warp import canvas_side, grid_theta, place_on_canvas
 from mula_cli.data.transforms import AugmentConfig, apply_affine, letterbox, train_affine, warp_image, warp_label
-from mula_cli.heatmaps import encode_heatmaps, swap_joints, swap_labels
+from mula_cli.heatmaps import encode_people_heatmaps, swap_joints, swap_labels
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class SampleConfig:
     train: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
+    defer_warp: bool = False  # training: leave the resampling to mula_cli.data.device_warp (GPU batches)
 
 
 class MulaDataset(Dataset):
@@ -111,32 +113,26 @@ class MulaDataset(Dataset):
         label = t.label(index)
         joints = t.people(index)[0]  # (P, J, 2), NaN = unlabelled
 
+        pixels: dict[str, object]
         if cfg.train:
             rng = np.random.default_rng([cfg.seed, epoch, index])
             m, flipped = train_affine(t.centers[index], float(t.scales[index]), size, rng, cfg.augment)
-            image = warp_image(img, m, size, cfg.augment.image_pad, cfg.augment.bicubic)
-            pad = cfg.augment.label_pad
+            pixels = self._deferred(img, label, m, flipped) if cfg.defer_warp else self._warped(img, label, m, flipped)
         else:
             flipped = False
             image, m = letterbox(img, size)
-            pad = cfg.augment.label_pad
-        if label is not None:
-            parsing = warp_label(label, m, size, pad)
-            if flipped:  # the matrix mirrored the pixels; left/right classes swap names too
-                parsing = swap_labels(parsing, self._flip_lut)
-        else:
-            parsing = np.full((size, size), 255, np.uint8)
+            pixels = {"image": image.transpose(2, 0, 1), "parsing": self._label_at_input(label, m, False)}
 
         people = apply_affine(joints.astype(np.float64), m) if len(joints) else joints.astype(np.float64)
         if flipped and len(people):  # positions are mirrored by the matrix; identities swap here
             people = swap_joints(people, self._flip_index)
-        heatmaps = self._heatmaps(people, size // stride, stride)
+        heatmaps = encode_people_heatmaps(people, (size // stride, size // stride), stride, cfg.sigma,
+                                          self.manifest.num_joints)
         first = people[0] if len(people) else np.full((self.manifest.num_joints, 2), np.nan)
         mask = np.isfinite(first).all(axis=1)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "parsing": torch.from_numpy(np.ascontiguousarray(parsing)),
-            "heatmaps": torch.from_numpy(heatmaps),
+            **{k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in pixels.items()},
+            "heatmaps": heatmaps,
             "joints": torch.from_numpy(np.where(mask[:, None], first, 0.0).astype(np.float32)),
             "joint_mask": torch.from_numpy(mask),
             "affine": torch.from_numpy(m),
@@ -146,16 +142,28 @@ class MulaDataset(Dataset):
             **({} if cfg.train else {"orig_parsing": label, "orig_joints": joints}),
         }
 
-    def _heatmaps(self, people: np.ndarray, side: int, stride: int) -> np.ndarray:
-        num = self.manifest.num_joints
-        if len(people) == 0:
-            return encode_heatmaps(np.zeros((num, 2)), np.zeros(num, bool), (side, side), stride, self.config.sigma)
-        maps = [encode_heatmaps(p, np.isfinite(p).all(axis=1), (side, side), stride, self.config.sigma)
-                for p in people]
-        if len(maps) == 1:
-            return maps[0]
-        joint_maps = np.max([mp[:num] for mp in maps], axis=0)  # several people: one peak per person
-        return np.concatenate([joint_maps, 1.0 - joint_maps.max(axis=0, keepdims=True)]).astype(np.float32)
+
+    def _label_at_input(self, label: np.ndarray | None, m: np.ndarray, flipped: bool) -> np.ndarray:
+        size = self.config.input_size
+        if label is None:
+            return np.full((size, size), 255, np.uint8)
+        parsing = warp_label(label, m, size, self.config.augment.label_pad)
+        # the matrix mirrored the pixels; left/right classes swap names too
+        return swap_labels(parsing, self._flip_lut) if flipped else parsing
+
+    def _warped(self, img: Image.Image, label: np.ndarray | None, m: np.ndarray, flipped: bool) -> dict[str, object]:
+        aug = self.config.augment
+        image = warp_image(img, m, self.config.input_size, aug.image_pad, aug.bicubic)
+        return {"image": image.transpose(2, 0, 1), "parsing": self._label_at_input(label, m, flipped)}
+
+    def _deferred(self, img: Image.Image, label: np.ndarray | None, m: np.ndarray, flipped: bool) -> dict[str, object]:
+        """Canvases and sampling matrix for :func:`mula_cli.data.device_warp.warp_sources`."""
+        side = canvas_side(self.config.input_size)
+        source, source_parsing, to_canvas = place_on_canvas(img, label, side, self.config.augment.image_pad)
+        canvas_to_input = np.vstack([m, [0.0, 0.0, 1.0]]) @ np.linalg.inv(np.vstack([to_canvas, [0.0, 0.0, 1.0]]))
+        return {"source": source, "source_parsing": source_parsing,
+                "theta": torch.from_numpy(grid_theta(canvas_to_input[:2], side, self.config.input_size)),
+                "flipped": torch.tensor(flipped), "has_parsing": torch.tensor(label is not None)}
 
 
 def collate(samples: list[dict[str, object]]) -> dict[str, object]:

@@ -56,6 +56,7 @@ class TrainConfig:
     sync_bn: bool = False
     compile: bool = False
     deterministic: bool = False
+    device_augment: Optional[bool] = None  # resample augmentations on the device (default: on CUDA)
     # output
     project: str = "runs/train"
     name: Optional[str] = None

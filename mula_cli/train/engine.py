@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from mula_cli.console import err, out
 from mula_cli.data.cache import CacheFile, resolve_cache
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
+from mula_cli.data.device_warp import warp_sources
 from mula_cli.errors import MulaError
 from mula_cli.model.loss import mula_loss
 from mula_cli.model.presets import build_model
@@ -142,8 +143,10 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
         if world.distributed else model
     step_model = torch.compile(net) if cfg.compile else net
 
+    device_augment = cfg.device_augment if cfg.device_augment is not None else device.type == "cuda"
     train_set = MulaDataset(cache_path, "train", SampleConfig(input_size=mcfg.input_size, stride=mcfg.stride,
-                                                              seed=cfg.seed))
+                                                              seed=cfg.seed, defer_warp=device_augment))
+    inputs = _BatchInputs(device, mcfg.input_size, manifest, train_set.config)
     sampler = DistributedSampler(train_set, num_replicas=world.size, rank=world.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
     steps_per_epoch = len(sampler) // batch
@@ -199,7 +202,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                 task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
                                     completed=state.epoch_step, unit="batches")
                 for batch_data in loader:
-                    loss, parts = _step(step_model, optimizer, scaler, batch_data, device, amp_dtype, cfg.beta)
+                    loss, parts = _step(step_model, optimizer, scaler, inputs(batch_data), amp_dtype, cfg.beta)
                     running += torch.stack([loss.detach().double()] + [parts[k].detach().double() for k in parts_order])
                     state.step += 1
                     state.epoch_step += 1
@@ -251,13 +254,33 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
     return run_dir
 
 
-def _step(net, optimizer, scaler, batch, device, amp_dtype, beta) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+class _BatchInputs:
+    """A loader batch as device tensors (images, heatmaps, labels), resampling on the device when the
+    dataset deferred it (see mula_cli.data.device_warp)."""
+
+    def __init__(self, device: torch.device, size: int, manifest, config: SampleConfig) -> None:
+        self.device, self.size, self.augment = device, size, config.augment
+        self.lut = torch.from_numpy(manifest.class_flip_lut().astype(np.int64)).to(device)
+        self.ignore = manifest.ignore_label
+        self.memory = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        def put(name: str) -> torch.Tensor:
+            return batch[name].to(self.device, non_blocking=True)
+
+        if "source" in batch:
+            images, labels = warp_sources(put("source"), put("source_parsing"), put("theta"), put("flipped"),
+                                          put("has_parsing"), self.lut, self.size, self.augment.image_pad,
+                                          self.augment.label_pad, self.ignore)
+        else:
+            images, labels = put("image"), put("parsing")
+        return images.contiguous(memory_format=self.memory), put("heatmaps"), labels
+
+
+def _step(net, optimizer, scaler, inputs, amp_dtype, beta) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step; returns the loss tensors without reading them."""
-    memory = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory)
-    heatmaps = batch["heatmaps"].to(device, non_blocking=True)
-    labels = batch["parsing"].to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    images, heatmaps, labels = inputs
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         output = net(images)
     loss, parts = mula_loss(output, heatmaps, labels, beta=beta)
     optimizer.zero_grad(set_to_none=True)
