@@ -14,9 +14,6 @@ import pytest
 import torch
 
 from conftest import run_cli
-from mula_cli.data.prepare import prepare_dataset
-from mula_cli.manifests import load_manifest
-from trees import build_lip_tree
 
 TINY = ["--model", "hg-tiny", "--width", "16", "--batch-size", "4", "--workers", "0", "--schedule", "constant",
         "--lr", "1e-3", "--log-every", "1"]
@@ -24,11 +21,12 @@ TINY = ["--model", "hg-tiny", "--width", "16", "--batch-size", "4", "--workers",
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic dataset made the way users make one: `mula prepare synthetic`."""
     root = tmp_path_factory.mktemp("data")
-    build_lip_tree(root / "LIP", counts={"train": 16, "val": 4}, seed=2)
-    path = root / "lip.h5"
-    prepare_dataset(load_manifest("lip"), root / "LIP", path)
-    return path
+    result = run_cli("prepare", "synthetic", root / "tree", "--train", "16", "--val", "4", "--test", "0",
+                     "--out", root / "synthetic.h5", "-q")
+    assert result.exit_code == 0, result.output
+    return root / "synthetic.h5"
 
 
 def _env() -> dict[str, str]:
@@ -142,7 +140,7 @@ def test_torchrun_two_ranks_reduce_metrics_like_one_process(cache: Path, tmp_pat
 
 def test_bad_training_input_is_one_line_exit_2(cache: Path, tmp_path: Path) -> None:
     missing = run_cli("train", "--data", "lip")
-    assert missing.exit_code == 2 and "mula prepare lip" in missing.output
+    assert missing.exit_code == 2 and "mula prepare lip" in missing.output  # MULA_HOME is empty in tests
     corrupt = tmp_path / "corrupt.h5"
     corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"garbage" * 10)
     bad_cache = run_cli("train", "--data", corrupt)

@@ -81,3 +81,14 @@ def broadcast_object(value, world: World):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def sync_buffers(model: torch.nn.Module, world: World) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics).
+
+    DDP broadcasts buffers at the start of each training forward, so after the last step every
+    rank holds statistics updated by its own batch; validation must run the model that rank 0 saves.
+    """
+    if world.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)

@@ -12,7 +12,7 @@ from mula_cli.evaluation import ImagePrediction, eval_loader, evaluate_model
 from mula_cli.manifests import DatasetManifest
 from mula_cli.progress import make_progress
 from mula_cli.train.config import TrainConfig
-from mula_cli.train.distributed import World
+from mula_cli.train.distributed import World, sync_buffers
 from mula_cli.visualize import prediction_panel, stack_panels
 
 
@@ -42,6 +42,7 @@ class Validator:
             if len(kept) < cfg.vis_images:
                 kept.append(pred)
 
+        sync_buffers(model, world)  # every rank scores the model rank 0 will save
         was_training = model.training
         with make_progress(quiet or not world.is_main) as bar:
             task = bar.add_task(f"validate epoch {epoch}", total=len(loader.dataset), unit="images")
