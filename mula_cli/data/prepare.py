@@ -54,10 +54,6 @@ class PrepareResult:
         return self.total / self.seconds if self.seconds > 0 else 0.0
 
 
-def cache_is_present(path: Path) -> bool:
-    return Path(path).is_file()
-
-
 def prepare_dataset(
     manifest: DatasetManifest,
     root: Path,
@@ -110,8 +106,9 @@ def prepare_dataset(
         for src in sources:
             reports[src.split] = _cache_split(writer, src, rules, workers, fingerprint, progress)
         if not any(r.cached for r in reports.values()):
-            raise MulaError(f"no usable sample in {root}: every image was unreadable or missing "
-                            f"(see the reasons with --verbose or in the report)")
+            first = next((i for r in reports.values() for i in r.skipped), None)
+            example = f" (first: {first.id}: {first.reason})" if first else ""
+            raise MulaError(f"no usable sample in {root}: every image was unreadable or missing{example}")
         writer.finish({s: r.cached for s, r in reports.items()}, fingerprint.hexdigest())
         os.replace(partial, out)
     except BaseException:

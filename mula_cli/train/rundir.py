@@ -61,7 +61,7 @@ def environment() -> dict[str, Any]:
         if commit.returncode == 0:
             env["git_commit"] = commit.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        pass
+        pass  # no git, or not a checkout: the run records no commit
     return env
 
 
