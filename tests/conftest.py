@@ -19,6 +19,18 @@ def isolated_mula_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     return home
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tests run tiny tensors, where OpenMP threads only add contention (10-50x slower on a busy
+    2-core machine): one thread in the test process (subprocess tests set OMP_NUM_THREADS)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_cli(*args: str) -> "object":
     """Run ``mula ARGS`` in-process with Typer's runner and return the result (exit code, output)."""
     from typer.testing import CliRunner

@@ -25,14 +25,6 @@ PREFIX = "module.front_end_net."
 MPI_TO_AUTHORS = [9, 8, 12, 11, 10, 13, 14, 15, 2, 1, 0, 3, 4, 5, 7, 6]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def official_entries(arch: str) -> list[dict]:
     return json.loads(FIXTURE.read_text())[arch]["state_dict"]
 

@@ -24,15 +24,6 @@ from mula_cli.ops import dynamic_depthwise_conv2d
 TINY_WIDTH = 16
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Tiny tensors: OpenMP threads only add contention (10-50x slower on a busy 2-core machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(name: str, **overrides: object) -> MuLA:
     """``name`` shrunk for a CPU test: width 16, a 2-level hourglass, the smallest usable input."""
     cfg = preset_config(name)

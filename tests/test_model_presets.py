@@ -16,14 +16,6 @@ from mula_cli.model.presets import PRESETS, build_model, dataset_overrides, pres
 from mula_cli.model.summary import model_flops, summarise, uncached_model_flops
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # meta-device shape inference and tiny tensors: threads only contend
-    yield
-    torch.set_num_threads(before)
-
-
 def test_presets_cover_the_papers_models_and_ablations() -> None:
     names = set(PRESETS)
     assert {f"hg-{m}s" for m in range(1, 6)} | {"hg-0s", "hg-tiny"} <= names

@@ -14,14 +14,6 @@ from mula_cli.model.presets import build_model
 from mula_cli.model.weights import FORMAT, load_weights, save_weights
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def model():
     torch.manual_seed(0)
