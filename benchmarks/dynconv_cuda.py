@@ -17,8 +17,9 @@ import json
 import sys
 from pathlib import Path
 
+import dynconv_bench
+
 from mula_cli.errors import MulaError
-from mula_cli.ops import dynconv_bench
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -1,14 +1,41 @@
-"""``mula benchmark``: measure mula's operations on this machine (needs a CUDA GPU)."""
+"""``mula benchmark``: measure mula's operations on this machine (needs a CUDA GPU).
+
+The benchmarks are not part of the library: they live in the repository's ``benchmarks/`` folder
+(next to ``mula_cli/``), and this command is a thin front end that loads them from there.
+"""
 
 from __future__ import annotations
 
-import json
+import importlib
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Optional
 
 import typer
 
+from mula_cli.errors import MulaError
+
 app = typer.Typer(help="Measure mula's operations on this machine (needs a CUDA GPU).", no_args_is_help=True)
+
+
+def benchmarks_folder() -> Path:
+    """The repository's ``benchmarks/`` folder; MulaError when mula was installed without it (a wheel)."""
+    folder = Path(__file__).resolve().parents[2] / "benchmarks"
+    if not (folder / "dynconv_bench.py").is_file():
+        raise MulaError(
+            f"mula benchmark runs the scripts in the repository's benchmarks/ folder, which is not at {folder}; "
+            "run it from a clone of the repository (pip install -e .)"
+        )
+    return folder
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (its siblings import each other by plain name, as scripts do)."""
+    folder = str(benchmarks_folder())
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 @app.command("dynconv")
@@ -23,16 +50,19 @@ def dynconv(
     train: bool = typer.Option(True, "--train/--no-train", help="Also time the hg-5s training step."),
 ) -> None:
     """Time the per-sample depthwise convolution (Triton vs grouped convolution) against the card's floors."""
+    import json
+
     from mula_cli.console import err
-    from mula_cli.ops import dynconv_bench
+
+    bench = load_benchmark("dynconv_bench")
 
     def save(report: dict) -> None:  # after every case: a run cut short keeps what it measured
-        path = out or dynconv_bench.default_output(report)
+        path = out or bench.default_output(report)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=1))
 
-    report = dynconv_bench.run(
+    report = bench.run(
         quick=quick, sweep=sweep, train=train, save=save, log=lambda line: err.print(line, highlight=False)
     )
-    dynconv_bench.print_summary(report)
-    err.print(f"wrote {out or dynconv_bench.default_output(report)}")
+    bench.print_summary(report)
+    err.print(f"wrote {out or bench.default_output(report)}")

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 import torch
 
+import dynconv_bench
+
 from mula_cli.errors import MulaError
-from mula_cli.ops import dynconv_bench
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""Benchmark of the per-sample depthwise convolution against the card's floors (``mula benchmark dynconv``).
+"""Benchmark of the per-sample depthwise convolution against the card's floors (``mula benchmark dynconv``,
+``benchmarks/dynconv_cuda.py``).
 
 Times forward, backward and forward+backward of the Triton operator (NCHW and channels_last inputs)
 and of the grouped convolution (NCHW, the fallback, and channels_last folded, cuDNN's best case) with
@@ -290,13 +291,12 @@ def run(
             "is False)"
         )
     import triton
-
-    from mula_cli.ops import dynconv_triton
+    from fma_probe import measure_fma_rate
 
     props = torch.cuda.get_device_properties(0)
     timer = Timer(repeats=10 if quick else 20)
     bandwidth = copy_bandwidth(timer)
-    fma_rate = dynconv_triton.measure_fma_rate()
+    fma_rate = measure_fma_rate()
     clock_khz = getattr(props, "clock_rate", None)
     log(f"{props.name}: copy {bandwidth / 1e9:.0f} GB/s, fp32 FMA {fma_rate / 1e12:.1f} T/s (measured)")
     report = {
@@ -342,7 +342,7 @@ def run(
         report["tile_sweep"] = sweep_tiles(timer)
         save(report)
     if train:
-        from mula_cli.ops import dynconv_bench_step
+        import dynconv_bench_step
 
         report["train_step_hg5s"] = dynconv_bench_step.train_step(steps=5 if quick else 10)
         report["op_share_of_step"] = dynconv_bench_step.op_share(report)
