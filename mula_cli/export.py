@@ -64,11 +64,12 @@ def export_model(weights: Path, fmt: str, out: Path | None = None, *, dynamic_ba
     Raises:
         MulaError: unknown format, missing onnx package, or an exported file that disagrees with eager.
     """
+    from mula_cli.devices import pick_device
     from mula_cli.model.weights import load_weights
 
     if fmt not in FORMATS:
         raise MulaError(f"--format {fmt!r} is unknown; use torchscript or onnx")
-    dev = torch.device(device)
+    dev = pick_device(device)
     if half and dev.type != "cuda":
         raise MulaError("--half exports float16, which needs a CUDA device to trace and check; add --device cuda")
     model, config, extra = load_weights(weights, map_location=dev)

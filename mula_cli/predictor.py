@@ -110,7 +110,7 @@ class Predictor:
 
     Args:
         weights: a mula weights file (``.pt``) or an exported model (``.torchscript`` / ``.onnx``).
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :mod:`mula_cli.devices`).
         flip: flip testing for parsing too (pose is flip-averaged by default, the official protocol).
         pose_flip: average pose with the mirrored picture.
         scales: multi-scale testing factors.
@@ -118,7 +118,7 @@ class Predictor:
 
     def __init__(self, weights: str | Path, device: str = "auto", *, flip: bool = False, pose_flip: bool = True,
                  scales: Sequence[float] = (1.0,)) -> None:
-        from mula_cli.train.distributed import pick_device
+        from mula_cli.devices import pick_device
 
         self.weights = Path(weights)
         self.device = pick_device(device)

@@ -28,3 +28,14 @@ def test_importing_the_ops_does_not_import_the_model() -> None:
     assert run.stdout.strip() == "[]"
     for path in (PACKAGE / "ops").glob("*.py"):  # also the imports inside functions
         assert not any(name.startswith("mula_cli.model") for name in _imports(path)), path.name
+
+
+def test_only_the_commands_and_the_engine_import_the_training_package() -> None:
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        part = path.relative_to(PACKAGE).parts[0]
+        if part in ("commands", "train"):
+            continue  # the CLI commands and the engine itself
+        if any(name == "mula_cli.train" or name.startswith("mula_cli.train.") for name in _imports(path)):
+            offenders.append(str(path.relative_to(PACKAGE)))
+    assert offenders == []

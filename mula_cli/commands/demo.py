@@ -43,12 +43,15 @@ def demo(
     folder: Optional[Path] = typer.Option(None, "--out", "-o", help="Where everything goes. Default: runs/demo/expN."),
     quick: bool = typer.Option(False, "--quick", help="A tiny budget (seconds) that only shows the plumbing works."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs (default 20; 1 with --quick)."),
-    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda (auto uses a GPU when there is one)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto uses a GPU when there is one)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and the training."),
 ) -> None:
     """Generate synthetic people, train a small MuLA, evaluate it before and after, predict on new pictures."""
     from dataclasses import replace
 
+    from mula_cli.devices import check_device_option
+
+    check_device_option(device)  # before minutes of data generation
     plan = QUICK if quick else FULL
     if epochs is not None:
         plan = replace(plan, epochs=epochs)
@@ -121,7 +124,7 @@ def _score_untrained(cfg, cache: Path) -> dict[str, float]:
     from mula_cli.data.cache import CacheFile
     from mula_cli.evaluation import eval_loader, evaluate_model
     from mula_cli.model.presets import build_model
-    from mula_cli.train.distributed import pick_device
+    from mula_cli.devices import pick_device
 
     with CacheFile(cache) as c:
         manifest = c.manifest
@@ -138,7 +141,7 @@ def _score(weights: Path, cache: Path, device: str) -> dict[str, float]:
     from mula_cli.data.cache import CacheFile
     from mula_cli.evaluation import eval_loader, evaluate_model
     from mula_cli.model.weights import load_weights
-    from mula_cli.train.distributed import pick_device
+    from mula_cli.devices import pick_device
 
     model, config, _ = load_weights(weights, map_location=pick_device(device))
     with CacheFile(cache) as c:

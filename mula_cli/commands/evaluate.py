@@ -48,7 +48,7 @@ def evaluate(
     save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="Also write the LIP pose CSV and one label PNG per image here."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
     workers: int = typer.Option(4, "--workers", "-j", min=0, help="Data-loading processes."),
-    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     amp: str = typer.Option("auto", "--amp", help="Mixed precision on CUDA: auto|off|bf16|fp16."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout instead of tables."),
 ) -> None:
@@ -61,7 +61,7 @@ def evaluate(
     from mula_cli.manifests import manifest_from_json
     from mula_cli.model.weights import load_weights
     from mula_cli.progress import make_progress
-    from mula_cli.train.distributed import pick_device
+    from mula_cli.devices import pick_device
 
     if amp not in ("auto", "off", "bf16", "fp16"):
         raise MulaError(f"--amp {amp!r} is unknown; use auto, off, bf16 or fp16")

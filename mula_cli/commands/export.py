@@ -18,7 +18,7 @@ def export(
     opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset."),
     half: bool = typer.Option(False, "--half", help="Export float16 (needs --device cuda)."),
     labels: bool = typer.Option(False, "--labels", help="Return parsing class ids instead of logits."),
-    device: str = typer.Option("cpu", "--device", help="Device to trace and check on: cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="Device to trace and check on: cpu, cuda or cuda:N."),
 ) -> None:
     """Export a model, reload the file and check it against the eager model on random images."""
     from mula_cli.export import export_model

@@ -13,6 +13,7 @@ import numpy as np
 import typer
 
 from mula_cli.console import err, out
+from mula_cli.devices import check_device_option
 from mula_cli.errors import MulaError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
@@ -86,7 +87,7 @@ def predict(
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for <name>.png, <name>.json and <name>_overlay.jpg of every image (folder structure mirrored). Default: runs/predict/expN."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="With --out-dir: also write overlay pictures."),
     flip: bool = typer.Option(False, "--flip", help="Flip testing for parsing too (pose is flip-averaged anyway)."),
-    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images per forward pass."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -96,6 +97,7 @@ def predict(
     from mula_cli.progress import make_progress
     from mula_cli.visualize import draw_skeleton, overlay, save_label_png
 
+    check_device_option(device)  # before looking for pictures: a typo is reported first
     items = expand_sources(sources)
     if not items:
         raise MulaError(f"no images found in {', '.join(sources)}")

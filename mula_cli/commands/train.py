@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from mula_cli.errors import MulaError
-from mula_cli.train.config import AMP_MODES, DEVICES, SCHEDULES, resolve_config
+from mula_cli.devices import DEVICE_CHOICES
+from mula_cli.train.config import AMP_MODES, SCHEDULES, resolve_config
 
 DATA, MODEL, OPTIM, HARDWARE, OUTPUT = "Data", "Model", "Optimisation", "Hardware", "Output"
 
@@ -38,7 +39,7 @@ def train(
     schedule: Optional[str] = typer.Option(None, "--schedule", help=f"Learning-rate schedule: {', '.join(SCHEDULES)} (paper: 2.5e-3 halved at 150/170/200/230 of 250 epochs; official: the authors' script). Default: paper.", rich_help_panel=OPTIM),
     beta: Optional[float] = typer.Option(None, "--beta", help="Weight of the parsing loss against the pose loss. Default: 0.01, the authors'.", rich_help_panel=OPTIM),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed. Default: 0.", rich_help_panel=OPTIM),
-    device: Optional[str] = typer.Option(None, "--device", help=f"{'|'.join(DEVICES)}. Default: auto.", rich_help_panel=HARDWARE),
+    device: Optional[str] = typer.Option(None, "--device", help=f"{DEVICE_CHOICES}. Default: auto.", rich_help_panel=HARDWARE),
     amp: Optional[str] = typer.Option(None, "--amp", help=f"Mixed precision on CUDA: {'|'.join(AMP_MODES)} (auto = bf16 where supported). Default: auto.", rich_help_panel=HARDWARE),
     sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm across GPUs. Default: off.", rich_help_panel=HARDWARE),
     compile_model: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model. Default: off.", rich_help_panel=HARDWARE),

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from mula_cli.devices import check_device_option
 from mula_cli.errors import MulaError
 
 SCHEDULES: dict[str, dict[str, Any]] = {
@@ -25,7 +26,6 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 }
 REFERENCE_EPOCHS = 250
 AMP_MODES = ("auto", "off", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,7 @@ class TrainConfig:
             raise bad(f"--schedule {self.schedule!r} is unknown; use one of {', '.join(SCHEDULES)}")
         if self.amp not in AMP_MODES:
             raise bad(f"--amp {self.amp!r} is unknown; use one of {', '.join(AMP_MODES)}")
-        if self.device not in DEVICES:
-            raise bad(f"--device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
+        check_device_option(self.device)
         for name in ("epochs", "batch_size", "val_every", "log_every"):
             if getattr(self, name) < 1:
                 raise bad(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mula_cli.devices import pick_device
 from mula_cli.errors import MulaError
 
 
@@ -34,22 +35,14 @@ class World:
         return self.size > 1
 
 
-def pick_device(option: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
-    if option == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if option == "cuda":
-        raise MulaError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device("cpu")
-
-
 def setup_world(device_option: str) -> World:
     """Join the process group when started by torchrun; otherwise a world of one."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if size > 1 and device_option.strip().lower().startswith("cuda:"):
+        raise MulaError(f"--device {device_option} names one GPU, but under torchrun every process drives the GPU "
+                        "of its LOCAL_RANK; use --device cuda or auto")
     device = pick_device(device_option, local_rank)
     if size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"

@@ -1,0 +1,48 @@
+"""The device a command runs on: ``--device`` checked once, the same way by every command and the API.
+
+Values: ``auto`` (this process's GPU when PyTorch sees CUDA, else the CPU), ``cpu``, ``cuda`` (this
+process's GPU: ``LOCAL_RANK`` under torchrun, else GPU 0) and ``cuda:N`` (GPU N). Anything else is a
+user error, as is asking for a GPU that is not there.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from mula_cli.errors import MulaError
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def check_device_option(value: str, option: str = "--device") -> str:
+    """``value`` normalised (lower case); MulaError naming ``option`` when it is not a device."""
+    text = str(value).strip().lower()
+    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise MulaError(f"{option} {value!r} is not a device; use {DEVICE_CHOICES}")
+
+
+def pick_device(option: str = "auto", local_rank: int = 0, *, name: str = "--device") -> torch.device:
+    """The ``torch.device`` for a ``--device`` value (see the module docstring).
+
+    Args:
+        option: the user's value.
+        local_rank: this process's GPU among the machine's (torchrun's ``LOCAL_RANK``) for ``auto``/``cuda``.
+        name: the option's name in error messages.
+    """
+    value = check_device_option(option, name)
+    if value == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if value == "auto":
+            return torch.device("cpu")
+        raise MulaError(f"{name} {value} was asked for but PyTorch sees no CUDA GPU; use {name} cpu or auto")
+    count = torch.cuda.device_count()
+    if value.startswith("cuda:"):
+        index = int(value.split(":")[1])
+        if index >= count:
+            raise MulaError(f"{name} {value}: PyTorch sees {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+        return torch.device("cuda", index)
+    return torch.device("cuda", local_rank % count)

@@ -1,0 +1,92 @@
+"""``--device``: one check for every command and the API; ``cuda:N`` honoured, anything else one line, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli
+from mula_cli.devices import check_device_option, pick_device
+from mula_cli.errors import MulaError
+
+
+@pytest.fixture
+def two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What pick_device sees on a machine with two CUDA GPUs (nothing is allocated on them)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize("value", ["auto", "cpu", "cuda", "cuda:0", "CUDA:12", " cpu "])
+def test_device_values_that_are_accepted(value: str) -> None:
+    assert check_device_option(value) == value.strip().lower()
+
+
+@pytest.mark.parametrize("value", ["foo", "gpu", "cuda:", "cuda:x", "cuda:-1", "mps0", ""])
+def test_anything_else_is_a_user_error_naming_the_option(value: str) -> None:
+    with pytest.raises(MulaError, match=r"--device .* is not a device; use auto, cpu, cuda or cuda:N"):
+        check_device_option(value)
+
+
+def test_cuda_n_is_honoured(two_gpus) -> None:
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    assert pick_device("cuda:0", local_rank=1) == torch.device("cuda", 0)
+    assert pick_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert pick_device("auto", local_rank=3) == torch.device("cuda", 1)
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(MulaError, match="cuda:2: PyTorch sees 2 CUDA GPU"):
+        pick_device("cuda:2")
+
+
+def test_without_a_gpu_auto_is_the_cpu_and_cuda_an_error(no_gpu) -> None:
+    assert pick_device("auto") == torch.device("cpu")
+    for value in ("cuda", "cuda:0"):
+        with pytest.raises(MulaError, match="sees no CUDA GPU"):
+            pick_device(value)
+
+
+def test_torchrun_refuses_one_named_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mula_cli.train.distributed import setup_world
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(MulaError, match="LOCAL_RANK"):
+        setup_world("cuda:1")
+
+
+def _one_line_exit_2(result, *expected: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    for text in expected:
+        assert text in result.output, result.output
+
+
+def test_every_command_refuses_a_bad_device(tiny_weights: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.full((40, 30, 3), 90, np.uint8)).save(photo)
+    _one_line_exit_2(run_cli("predict", photo, "--weights", tiny_weights, "--device", "foo",
+                             "--out-dir", tmp_path / "p"), "--device 'foo'")
+    assert not (tmp_path / "p").exists()
+    _one_line_exit_2(run_cli("evaluate", tiny_weights, "--device", "foo"), "--device 'foo'")
+    _one_line_exit_2(run_cli("export", tiny_weights, "--format", "torchscript", "--device", "foo",
+                             "--out", tmp_path / "m.torchscript"), "--device 'foo'")
+    _one_line_exit_2(run_cli("train", "--device", "foo"), "--device 'foo'")
+    _one_line_exit_2(run_cli("demo", "--quick", "--device", "gpu", "--out", tmp_path / "demo"), "--device 'gpu'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")
+def test_asking_for_a_missing_gpu_is_one_line_too(tiny_weights: Path, tmp_path: Path) -> None:
+    _one_line_exit_2(run_cli("export", tiny_weights, "--format", "torchscript", "--device", "cuda",
+                             "--out", tmp_path / "m.torchscript"), "sees no CUDA GPU")
+    with pytest.raises(MulaError, match="sees no CUDA GPU"):
+        from mula_cli import Predictor
+
+        Predictor(tiny_weights, device="cuda:0")
