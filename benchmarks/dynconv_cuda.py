@@ -13,13 +13,13 @@ with each implementation. Prints a table and saves ``benchmarks/results/dynconv_
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import dynconv_bench
 
 from mula_cli.errors import MulaError
+from mula_cli.files import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,9 +35,7 @@ def main() -> int:
     args = parser.parse_args()
 
     def save(report: dict) -> None:
-        path = args.out or RESULTS / dynconv_bench.default_output(report).name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1))
+        write_json(args.out or RESULTS / dynconv_bench.default_output(report).name, report, indent=1)
 
     try:
         report = dynconv_bench.run(

@@ -7,12 +7,12 @@ that reads the PNG as an array gets the ids.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mula_cli.files import atomic_write
 from mula_cli.manifests import DatasetManifest
 
 LOW_SCORE = 0.2  # heatmap maxima below this are drawn as hollow, grey joints
@@ -27,11 +27,7 @@ def label_image(labels: np.ndarray, manifest: DatasetManifest) -> Image.Image:
 
 def save_label_png(path: Path, labels: np.ndarray, manifest: DatasetManifest) -> None:
     """Write a palette PNG of class ids atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    label_image(labels, manifest).save(temp, format="PNG")
-    os.replace(temp, path)
+    atomic_write(path, lambda temp: label_image(labels, manifest).save(temp, format="PNG"))
 
 
 def colorize(labels: np.ndarray, manifest: DatasetManifest) -> np.ndarray:

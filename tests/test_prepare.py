@@ -195,7 +195,7 @@ def test_interrupted_prepare_keeps_old_cache_and_rerun_completes(tmp_path: Path,
     result = run_cli("prepare", "lip", tmp_path / "LIP", "--out", cache, "--force", "--workers", "1")
     assert result.exit_code != 0
     assert hashlib.sha256(cache.read_bytes()).hexdigest() == before  # old cache untouched
-    assert not (tmp_path / "lip.h5.partial").exists()  # no half-written file left behind
+    assert not list(tmp_path.glob(".lip.h5*")) and not list(tmp_path.glob("*.partial"))  # no half-written file
     monkeypatch.setattr(prepare_module, "record_sample", real)
     assert run_cli("prepare", "lip", tmp_path / "LIP", "--out", cache, "--force", "-q").exit_code == 0
     with CacheFile(cache) as c:

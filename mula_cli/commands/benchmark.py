@@ -50,16 +50,13 @@ def dynconv(
     train: bool = typer.Option(True, "--train/--no-train", help="Also time the hg-5s training step."),
 ) -> None:
     """Time the per-sample depthwise convolution (Triton vs grouped convolution) against the card's floors."""
-    import json
-
     from mula_cli.console import err
+    from mula_cli.files import write_json
 
     bench = load_benchmark("dynconv_bench")
 
     def save(report: dict) -> None:  # after every case: a run cut short keeps what it measured
-        path = out or bench.default_output(report)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1))
+        write_json(out or bench.default_output(report), report, indent=1)
 
     report = bench.run(
         quick=quick, sweep=sweep, train=train, save=save, log=lambda line: err.print(line, highlight=False)

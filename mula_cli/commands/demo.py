@@ -59,7 +59,7 @@ def demo(
 
 
 def run_demo(folder: Optional[Path], plan: DemoPlan, device: str, seed: int) -> Path:
-    from mula_cli.commands.evaluate import next_dir
+    from mula_cli.files import next_dir, write_json
     from mula_cli.commands.prepare import prepare_synthetic_dataset
     from mula_cli.train.config import TrainConfig
     from mula_cli.train.engine import train
@@ -103,11 +103,7 @@ def run_demo(folder: Optional[Path], plan: DemoPlan, device: str, seed: int) -> 
     table.add_row("predictions", f"{predictions} (*.png parsing, *.json pose, *_overlay.jpg)")
     out.print(table)
     out.print(f"next: mula predict your_photo.jpg --weights {weights} --vis overlay.jpg")
-    import json
-
-    from mula_cli.commands.evaluate import finite_json
-
-    (root / "metrics.json").write_text(json.dumps(finite_json({"before": before, "after": after}), indent=2) + "\n")
+    write_json(root / "metrics.json", {"before": before, "after": after})
     return root
 
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from mula_cli.console import out
 from mula_cli.errors import MulaError
+from mula_cli.files import atomic_write, finite_json, next_dir, write_json
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -23,18 +24,6 @@ def parse_scales(text: str) -> tuple[float, ...]:
     if not scales or any(not 0.25 <= s <= 4 for s in scales):
         raise MulaError(f"--scales {text!r} must be comma-separated factors between 0.25 and 4, e.g. 0.75,1,1.25")
     return scales
-
-
-def next_dir(project: Path) -> Path:
-    """The next free ``project/exp``, ``exp2``, ... folder."""
-    project.mkdir(parents=True, exist_ok=True)
-    n, name = 1, "exp"
-    while (project / name).exists():
-        n += 1
-        name = f"exp{n}"
-    path = project / name
-    path.mkdir()
-    return path
 
 
 def evaluate(
@@ -97,8 +86,7 @@ def evaluate(
         "pose": None if result.pose is None else {**result.pose, "joint_names": list(manifest.joints)},
         "seconds": round(result.seconds, 2),
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps(finite_json(doc), indent=2) + "\n", encoding="utf-8")
+    write_json(folder / "metrics.json", doc)
     if writer is not None:
         writer.close()
     if as_json:
@@ -107,17 +95,6 @@ def evaluate(
     _print_tables(result, manifest)
     out.print(f"{result.images:,} images in {result.seconds:.1f} s; metrics: {folder / 'metrics.json'}"
               + (f"; predictions: {save_dir}" if save_dir else ""))
-
-
-def finite_json(value):
-    """The same structure with NaN / inf replaced by None (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(v) for v in value]
-    return value
 
 
 def _cache_for(data: Optional[str], trained_on, split: str, tmp: Path) -> Path:
@@ -155,7 +132,7 @@ class _PredictionWriter:
 
     def close(self) -> None:
         path = self.folder / f"pred_keypoints_{self.manifest.name}.csv"
-        path.write_text("\n".join(self.rows) + "\n", encoding="utf-8")
+        atomic_write(path, lambda temp: temp.write_text("\n".join(self.rows) + "\n", encoding="utf-8"))
 
 
 def _fmt(value: float) -> str:

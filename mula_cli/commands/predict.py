@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -15,6 +14,7 @@ import typer
 from mula_cli.console import err, out
 from mula_cli.devices import check_device_option
 from mula_cli.errors import MulaError
+from mula_cli.files import atomic_write, next_dir, write_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
@@ -53,16 +53,6 @@ def newest_best(project: Path = Path("runs/train")) -> Path:
     return found[-1]
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def pose_document(image: Path, size: tuple[int, int], prediction, predictor, weights_id: str) -> dict:
     m = predictor.manifest
     return {
@@ -92,7 +82,6 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict parsing and pose; outputs are at each picture's original resolution."""
-    from mula_cli.commands.evaluate import next_dir
     from mula_cli.predictor import Predictor, read_image
     from mula_cli.progress import make_progress
     from mula_cli.visualize import draw_skeleton, overlay, save_label_png
@@ -151,7 +140,7 @@ def _write(targets, file, img, result, predictor, weights_id, save_label_png, ov
         save_label_png(targets["labels"], result.labels, m)
     if targets["pose"] is not None:
         doc = pose_document(file, result.size, result, predictor, weights_id)
-        _atomic_write(targets["pose"], lambda p: p.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8"))
+        write_json(targets["pose"], doc)
     if targets["vis"] is not None:
         # drawn at the decoded size: the original for ordinary photos, a reduced one for huge JPEGs
         labels, joints = result.labels, result.joints
@@ -162,4 +151,4 @@ def _write(targets, file, img, result, predictor, weights_id, save_label_png, ov
             joints = joints * np.array([img.width / result.size[1], img.height / result.size[0]])
         drawn = draw_skeleton(overlay(img, labels, m), joints, m, result.scores)
         fmt = "PNG" if targets["vis"].suffix.lower() == ".png" else "JPEG"
-        _atomic_write(targets["vis"], lambda p: drawn.save(p, format=fmt, **({"quality": 90} if fmt == "JPEG" else {})))
+        atomic_write(targets["vis"], lambda p: drawn.save(p, format=fmt, **({"quality": 90} if fmt == "JPEG" else {})))

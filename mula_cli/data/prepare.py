@@ -1,7 +1,7 @@
 """``mula prepare``: read a dataset in its on-disk layout and write one HDF5 cache, safely.
 
-The cache is written to ``<target>.partial`` beside the target and renamed over it only when
-complete, so an interrupted run never damages an existing cache. Samples are decoded and
+The cache is written to a temporary file beside the target and renamed over it only when
+complete (:func:`mula_cli.files.atomic_write`), so an interrupted run never damages an existing cache. Samples are decoded and
 validated in worker processes; the main process writes them in order. Every skipped or repaired
 sample is listed, with its reason, in ``<target>.report.json``.
 """
@@ -9,7 +9,6 @@ sample is listed, with its reason, in ``<target>.report.json``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +21,7 @@ from mula_cli.data.cache import CacheWriter
 from mula_cli.data.layout import Issue, SplitSources, discover_split, resolve_layout
 from mula_cli.data.samples import SampleRecord, SampleRules, load_sample
 from mula_cli.errors import MulaError
+from mula_cli.files import atomic_write, write_json
 from mula_cli.manifests import DatasetManifest
 from mula_cli.paths import default_cache_path
 
@@ -96,25 +96,25 @@ def prepare_dataset(
     rules = SampleRules(manifest.num_classes, manifest.num_joints, manifest.ignore_label, manifest.palette,
                         bool(manifest.raw.get("mat_coordinates_one_based", False)))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
     start = time.perf_counter()
-    writer = CacheWriter(partial, manifest, source=str(Path(root).resolve()), layout=layout.name)
     reports: dict[str, SplitReport] = {}
     fingerprint = hashlib.sha256()
-    try:
-        for src in sources:
-            reports[src.split] = _cache_split(writer, src, rules, workers, fingerprint, progress)
-        if not any(r.cached for r in reports.values()):
-            first = next((i for r in reports.values() for i in r.skipped), None)
-            example = f" (first: {first.id}: {first.reason})" if first else ""
-            raise MulaError(f"no usable sample in {root}: every image was unreadable or missing{example}")
-        writer.finish({s: r.cached for s, r in reports.items()}, fingerprint.hexdigest())
-        os.replace(partial, out)
-    except BaseException:
-        writer.abort()
-        partial.unlink(missing_ok=True)
-        raise
+
+    def write_cache(temp: Path) -> None:
+        writer = CacheWriter(temp, manifest, source=str(Path(root).resolve()), layout=layout.name)
+        try:
+            for src in sources:
+                reports[src.split] = _cache_split(writer, src, rules, workers, fingerprint, progress)
+            if not any(r.cached for r in reports.values()):
+                first = next((i for r in reports.values() for i in r.skipped), None)
+                example = f" (first: {first.id}: {first.reason})" if first else ""
+                raise MulaError(f"no usable sample in {root}: every image was unreadable or missing{example}")
+            writer.finish({s: r.cached for s, r in reports.items()}, fingerprint.hexdigest())
+        except BaseException:
+            writer.abort()  # closes the file; atomic_write deletes it
+            raise
+
+    atomic_write(out, write_cache)
     report_path = out.with_name(out.name + ".report.json")
     result = PrepareResult(out, report_path, layout.name, reports, time.perf_counter() - start)
     write_report(result, manifest, Path(root))
@@ -185,6 +185,4 @@ def write_report(result: PrepareResult, manifest: DatasetManifest, root: Path) -
             for split, r in result.splits.items()
         },
     }
-    tmp = result.report_path.with_name(result.report_path.name + ".partial")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, result.report_path)
+    write_json(result.report_path, doc)

@@ -24,6 +24,7 @@ from torch import nn
 
 from mula_cli import __version__
 from mula_cli.errors import MulaError
+from mula_cli.files import atomic_write
 from mula_cli.model.config import MulaConfig
 from mula_cli.model.mula import MuLA
 
@@ -101,14 +102,7 @@ def save_weights(
     }
     if training is not None:
         payload["training"] = training
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        torch.save(payload, temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda temp: torch.save(payload, temp))
 
 
 def read_weights_file(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:

@@ -25,6 +25,7 @@ from mula_cli.data.cache import CacheFile, resolve_cache
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
 from mula_cli.data.device_warp import warp_sources
 from mula_cli.errors import MulaError
+from mula_cli.files import write_json
 from mula_cli.model.loss import mula_loss
 from mula_cli.model.presets import build_model
 from mula_cli.model.weights import load_weights, save_weights
@@ -32,7 +33,7 @@ from mula_cli.progress import make_progress
 from mula_cli.train.checkpoint import TrainState, load_checkpoint, restore_training, save_checkpoint
 from mula_cli.train.config import TrainConfig
 from mula_cli.train.distributed import World, any_rank, broadcast_object, setup_world, shutdown_world
-from mula_cli.train.rundir import MetricsLog, environment, new_run_dir, write_json
+from mula_cli.train.rundir import MetricsLog, environment, new_run_dir
 from mula_cli.train.validate import Validator
 
 

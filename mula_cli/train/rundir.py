@@ -9,41 +9,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 import platform
-import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from mula_cli import __version__
+from mula_cli.files import atomic_write, next_dir
 
 
 def new_run_dir(project: Path, name: str | None) -> Path:
     """Create ``project/name`` (or the next free ``exp``, ``exp2``, ...) and its sub-folders."""
-    project = Path(project)
-    project.mkdir(parents=True, exist_ok=True)
-    base = name or "exp"
-    candidate = project / base
-    if candidate.exists():
-        stem = re.sub(r"\d+$", "", base) or base
-        taken = {p.name for p in project.iterdir()}
-        n = 2
-        while f"{stem}{n}" in taken:
-            n += 1
-        candidate = project / f"{stem}{n}"
-    (candidate / "weights").mkdir(parents=True)
-    (candidate / "vis").mkdir()
-    return candidate
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write JSON atomically."""
-    temp = path.with_name(f".{path.name}.partial")
-    temp.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(temp, path)
+    run = next_dir(project, name)
+    (run / "weights").mkdir()
+    (run / "vis").mkdir()
+    return run
 
 
 def environment() -> dict[str, Any]:
@@ -90,9 +71,7 @@ class MetricsLog:
         writer.writeheader()
         for row in self.rows:
             writer.writerow({k: _fmt(row.get(k)) for k in self.columns})
-        temp = self.path.with_name(f".{self.path.name}.partial")
-        temp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(temp, self.path)
+        atomic_write(self.path, lambda temp: temp.write_text(buf.getvalue(), encoding="utf-8"))
 
 
 def _fmt(value: Any) -> Any:
