@@ -124,7 +124,7 @@ class Predictor:
         self.device = pick_device(device)
         suffix = self.weights.suffix.lower()
         if suffix in (".torchscript", ".ts", ".onnx"):
-            from mula_cli.export import load_exported
+            from mula_cli.runtime import load_exported
 
             self.model = load_exported(self.weights, self.device)
             self.config, extra = self.model.config, self.model.extra

@@ -34,7 +34,7 @@ def _eager(weights: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=needs_ort)])
 def test_export_round_trip_at_batch_1_and_3(weights: Path, tmp_path: Path, fmt: str) -> None:
-    from mula_cli.export import load_exported
+    from mula_cli.runtime import load_exported
 
     out = tmp_path / f"m.{fmt}"
     args = ["export", weights, "--format", fmt, "--out", out] + (["--dynamic-batch"] if fmt == "onnx" else [])
@@ -87,7 +87,26 @@ def test_export_errors_are_one_line(weights: Path, tmp_path: Path) -> None:
     assert half.exit_code == 2 and "--device cuda" in half.output
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
     from mula_cli.errors import MulaError
-    from mula_cli.export import load_exported
+    from mula_cli.runtime import load_exported
 
     with pytest.raises(MulaError):
         load_exported(tmp_path / "junk.onnx")
+
+
+def test_an_export_that_disagrees_leaves_no_file(weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mula_cli.runtime import ExportedModel
+
+    real = ExportedModel.raw
+
+    def off_by_a_lot(self, image):
+        parsing, heat = real(self, image)
+        return parsing, heat * 2.0
+
+    monkeypatch.setattr(ExportedModel, "raw", off_by_a_lot)
+    out = tmp_path / "m.torchscript"
+    result = run_cli("export", weights, "--format", "torchscript", "--out", out)
+    assert result.exit_code == 2 and "disagrees" in result.output and "nothing was written" in result.output
+    assert list(tmp_path.iterdir()) == []  # neither the export nor its temporary file
+    out.write_bytes(b"a good export from before")
+    assert run_cli("export", weights, "--format", "torchscript", "--out", out).exit_code == 2
+    assert out.read_bytes() == b"a good export from before" and list(tmp_path.iterdir()) == [out]
