@@ -34,7 +34,7 @@ def train_step(preset: str = "hg-5s", batch: int = 16, size: int = 256, steps: i
     """Median training-step time of a model (the full hg-5s) with each implementation, fp32 and bf16
     autocast."""
     try:
-        from mula_cli.model.loss import mula_loss
+        from mula_cli.model.loss import IGNORE_INDEX, mula_loss
         from mula_cli.model.presets import build_model
     except ImportError as exc:
         return {"error": f"the model package is not available ({exc}); nothing measured"}
@@ -48,7 +48,7 @@ def train_step(preset: str = "hg-5s", batch: int = 16, size: int = 256, steps: i
         first = model(image)
     heatmaps = torch.rand_like(first.pose[-1])
     parsing = torch.randint(0, 20, (batch, size, size), device=dynconv_bench.DEVICE)
-    parsing[:, :16] = 255  # some ignored pixels, as in real labels
+    parsing[:, :16] = IGNORE_INDEX  # some ignored pixels, as in real labels
 
     calls = []
     real_dispatch = dynconv._dispatch

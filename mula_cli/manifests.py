@@ -183,8 +183,8 @@ def _check(m: DatasetManifest) -> None:
 
     if m.kind not in (SINGLE_PERSON, MULTI_PERSON):
         raise bad(f"kind must be {SINGLE_PERSON} or {MULTI_PERSON}, not {m.kind!r}")
-    if not 1 < m.num_classes <= 255 or m.ignore_label < m.num_classes:
-        raise bad("needs 2..255 classes and an ignore label outside the class range")
+    if not 1 < m.num_classes <= 255 or not m.num_classes <= m.ignore_label <= 255:
+        raise bad("needs 2..255 classes and an ignore label outside the class range, at most 255 (labels are uint8)")
     if len(m.palette) != m.num_classes:
         raise bad(f"palette has {len(m.palette)} colours for {m.num_classes} classes")
     for a, b in m.class_mirror_pairs:

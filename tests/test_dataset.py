@@ -168,3 +168,22 @@ def test_deferred_device_warp_matches_the_cpu_warp(lip_cache: Path) -> None:
     assert float((parsing == reference["parsing"]).float().mean()) > 0.995
     torch.testing.assert_close(batch["heatmaps"], reference["heatmaps"])
     torch.testing.assert_close(batch["joints"], reference["joints"])
+
+
+def test_samples_without_labels_use_the_manifests_ignore_label(lip_cache: Path) -> None:
+    ds = MulaDataset(lip_cache, "train", SampleConfig(augment=NO_AUGMENT))
+    ds.manifest = replace(ds.manifest, ignore_label=250)  # as a user override in $MULA_HOME/manifests
+    assert (ds._label_at_input(None, np.eye(2, 3), False) == 250).all()
+
+
+@pytest.mark.parametrize("ignore_label", [5, 256])
+def test_an_ignore_label_a_uint8_label_map_cannot_hold_apart_is_refused(ignore_label: int) -> None:
+    import json
+
+    from mula_cli.errors import MulaError
+    from mula_cli.manifests import manifest_from_dict
+
+    raw = json.loads(load_manifest("lip").to_json())
+    raw["ignore_label"] = ignore_label
+    with pytest.raises(MulaError, match="ignore label"):
+        manifest_from_dict(raw)

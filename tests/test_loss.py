@@ -69,3 +69,14 @@ def test_ignored_pixels_do_not_count_and_an_all_ignored_batch_gives_zero() -> No
     torch.testing.assert_close(parsing_cross_entropy(logits, labels), per_pixel[labelled].mean())
     loss = parsing_cross_entropy(logits, torch.full_like(labels, 255))
     assert torch.isfinite(loss) and loss == 0
+
+
+def test_the_ignore_label_is_the_datasets() -> None:
+    out = fake_output(2)
+    heatmaps, labels = targets()
+    other = labels.clone()
+    other[labels == 255] = 250  # a manifest whose ignore label is 250
+    want, _ = mula_loss(out, heatmaps, labels)
+    got, parts = mula_loss(out, heatmaps, other, ignore_index=250)
+    torch.testing.assert_close(got, want)
+    assert torch.isfinite(parts["s1/parsing"])

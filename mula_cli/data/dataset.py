@@ -9,8 +9,8 @@ A sample is a dict of tensors:
 
 - ``image``: (3, S, S) uint8 RGB; the model normalises inside (the exported model and the
   Predictor then need nothing but the weights file, and host-to-device copies are 4x smaller);
-- ``parsing``: (S, S) uint8 class ids at input resolution, 255 = ignore (the whole map when the
-  sample has no usable label);
+- ``parsing``: (S, S) uint8 class ids at input resolution, the manifest's ``ignore_label`` (255 for
+  LIP) = ignore (the whole map when the sample has no usable label);
 - ``heatmaps``: (J + 1, S/s, S/s) float32 targets at the model stride (see mula_cli.heatmaps);
 - ``joints``: (J, 2) float32 joint positions in input pixels (0 where unlabelled), ``joint_mask``:
   (J,) bool labelled joints;
@@ -146,7 +146,7 @@ class MulaDataset(Dataset):
     def _label_at_input(self, label: np.ndarray | None, m: np.ndarray, flipped: bool) -> np.ndarray:
         size = self.config.input_size
         if label is None:
-            return np.full((size, size), 255, np.uint8)
+            return np.full((size, size), self.manifest.ignore_label, np.uint8)
         parsing = warp_label(label, m, size, self.config.augment.label_pad)
         # the matrix mirrored the pixels; left/right classes swap names too
         return swap_labels(parsing, self._flip_lut) if flipped else parsing

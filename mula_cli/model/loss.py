@@ -4,7 +4,7 @@ Every stage t contributes ``w_t * (MSE(pose_t, heatmaps) + beta * CE(parsing_t, 
 
 - pose: mean squared error over all J+1 maps (the background map included), at stride s;
 - parsing: cross-entropy of the logits upsampled (bilinear, ``align_corners=True``) to the label
-  size, pixels labelled ``ignore_index`` (255) left out. This is the same math as the authors'
+  size, pixels labelled ``ignore_index`` (the manifest's ``ignore_label``; 255 for LIP) left out. This is the same math as the authors'
   upsample + log-softmax + NLL.
 
 The default ``beta = 0.01`` is the authors' weighting (MSE + 0.01 x NLL). Note that our ``beta``
@@ -55,15 +55,17 @@ def mula_loss(
     *,
     beta: float = AUTHORS_BETA,
     stage_weights: Sequence[float] | None = None,
+    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total loss over all stages and its unweighted parts.
 
     Args:
         out: the model's output (one pose and one parsing tensor per stage).
         heatmaps: pose targets (B, J+1, H/s, W/s).
-        parsing_target: class ids (B, H, W), 255 = ignore.
+        parsing_target: class ids (B, H, W), ``ignore_index`` = ignore.
         beta: weight of the parsing term (the authors': 0.01).
         stage_weights: one weight per stage (default 1 each).
+        ignore_index: the dataset manifest's ``ignore_label`` (default: LIP's, 255).
 
     Returns:
         ``(total, parts)`` with parts ``"s1/pose"``, ``"s1/parsing"``, ... (raw, unweighted).
@@ -77,7 +79,7 @@ def mula_loss(
     total = heatmaps.new_zeros((), dtype=torch.float32)
     for t, (pose, parsing, weight) in enumerate(zip(out.pose, out.parsing, stage_weights), start=1):
         pose_loss = pose_mse(pose, heatmaps)
-        parsing_loss = parsing_cross_entropy(parsing, parsing_target)
+        parsing_loss = parsing_cross_entropy(parsing, parsing_target, ignore_index)
         parts[f"s{t}/pose"] = pose_loss
         parts[f"s{t}/parsing"] = parsing_loss
         total = total + weight * (pose_loss + beta * parsing_loss)

@@ -203,7 +203,8 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                 task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
                                     completed=state.epoch_step, unit="batches")
                 for batch_data in loader:
-                    loss, parts = _step(step_model, optimizer, scaler, inputs(batch_data), amp_dtype, cfg.beta)
+                    loss, parts = _step(step_model, optimizer, scaler, inputs(batch_data), amp_dtype, cfg.beta,
+                                        manifest.ignore_label)
                     running += torch.stack([loss.detach().double()] + [parts[k].detach().double() for k in parts_order])
                     state.step += 1
                     state.epoch_step += 1
@@ -278,12 +279,12 @@ class _BatchInputs:
         return images.contiguous(memory_format=self.memory), put("heatmaps"), labels
 
 
-def _step(net, optimizer, scaler, inputs, amp_dtype, beta) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _step(net, optimizer, scaler, inputs, amp_dtype, beta, ignore_index) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step; returns the loss tensors without reading them."""
     images, heatmaps, labels = inputs
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         output = net(images)
-    loss, parts = mula_loss(output, heatmaps, labels, beta=beta)
+    loss, parts = mula_loss(output, heatmaps, labels, beta=beta, ignore_index=ignore_index)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
