@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from mula_cli.devices import pick_device
 from mula_cli.errors import MulaError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def any_rank(flag: bool, world: World) -> bool:
     return bool(t.item())
 
 
-def broadcast_object(value, world: World):
+def broadcast_object(value: T, world: World) -> T:
     """Rank 0's ``value`` on every rank."""
     if not world.distributed:
         return value

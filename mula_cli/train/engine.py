@@ -12,8 +12,10 @@ import math
 import random
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
 from mula_cli.data.device_warp import warp_sources
 from mula_cli.errors import MulaError
 from mula_cli.files import write_json
+from mula_cli.manifests import DatasetManifest
 from mula_cli.model.loss import mula_loss
 from mula_cli.model.presets import build_model
 from mula_cli.model.weights import load_weights, save_weights
@@ -35,6 +38,9 @@ from mula_cli.train.config import TrainConfig
 from mula_cli.train.distributed import World, any_rank, broadcast_object, setup_world, shutdown_world
 from mula_cli.train.rundir import MetricsLog, environment, new_run_dir
 from mula_cli.train.validate import Validator
+
+if TYPE_CHECKING:  # tensorboard is an optional extra
+    from torch.utils.tensorboard import SummaryWriter
 
 
 class TrainingStopped(MulaError):
@@ -57,7 +63,7 @@ class _StopFlag:
             self._previous = None
         return self
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.raised:
             raise KeyboardInterrupt
         self.raised = True
@@ -260,7 +266,7 @@ class _BatchInputs:
     """A loader batch as device tensors (images, heatmaps, labels), resampling on the device when the
     dataset deferred it (see mula_cli.data.device_warp)."""
 
-    def __init__(self, device: torch.device, size: int, manifest, config: SampleConfig) -> None:
+    def __init__(self, device: torch.device, size: int, manifest: DatasetManifest, config: SampleConfig) -> None:
         self.device, self.size, self.augment = device, size, config.augment
         self.lut = torch.from_numpy(manifest.class_flip_lut().astype(np.int64)).to(device)
         self.ignore = manifest.ignore_label
@@ -279,7 +285,9 @@ class _BatchInputs:
         return images.contiguous(memory_format=self.memory), put("heatmaps"), labels
 
 
-def _step(net, optimizer, scaler, inputs, amp_dtype, beta, ignore_index) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+          inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], amp_dtype: torch.dtype | None, beta: float,
+          ignore_index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step; returns the loss tensors without reading them."""
     images, heatmaps, labels = inputs
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -298,7 +306,7 @@ class _Skip(torch.utils.data.Sampler):
     def __init__(self, sampler: DistributedSampler, skip: int) -> None:
         self.sampler, self.skip = sampler, skip
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         for i, index in enumerate(self.sampler):
             if i >= self.skip:
                 yield index
@@ -317,7 +325,8 @@ def _load_initial_weights(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(theirs)
 
 
-def _update_best(state: TrainState, result: dict[str, float], model, run_dir: Path, extra: dict, world: World) -> None:
+def _update_best(state: TrainState, result: dict[str, float], model: torch.nn.Module, run_dir: Path,
+                 extra: dict[str, Any], world: World) -> None:
     """best.pt by the mean of normalised mIoU and PCKh; best_parsing.pt by mIoU; best_pose.pt by PCKh."""
     for key, file in (("score", "best.pt"), ("miou", "best_parsing.pt"), ("pckh", "best_pose.pt")):
         value = result.get(key)
@@ -341,7 +350,7 @@ def _diverged_message(run_dir: Path, epoch: int, state: TrainState, value: float
             f"(resume with a lower --lr, or try --amp off)")
 
 
-def _tensorboard(run_dir: Path):
+def _tensorboard(run_dir: Path) -> SummaryWriter | None:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is an optional extra
@@ -349,7 +358,7 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir))
 
 
-def _log_epoch(row: dict[str, Any], quiet: bool, writer) -> None:
+def _log_epoch(row: dict[str, Any], quiet: bool, writer: SummaryWriter | None) -> None:
     if writer is not None:
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)):
