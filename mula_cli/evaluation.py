@@ -80,7 +80,7 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
     model.eval()
     device = next(model.parameters()).device
     parsing = ParsingMetrics(manifest.num_classes, device=device)
-    pose = None if manifest.multi_person else PoseMetrics(manifest)
+    pose = None if manifest.multi_person else PoseMetrics(manifest, device=device)
     images = 0
     start = time.perf_counter()
     for batch in loader:

@@ -89,9 +89,12 @@ class PoseMetrics:
     Args:
         manifest: gives the head joints, groups, upper-body and average joint sets, torso joints.
         thresholds: normalised distance thresholds of the curve (must include 0.5).
+        device: where the counts live: the model's device, so that a distributed run reduces them with
+            the process group's backend for it (NCCL has no CPU backend).
     """
 
-    def __init__(self, manifest: DatasetManifest, thresholds: tuple[float, ...] = PCK_THRESHOLDS) -> None:
+    def __init__(self, manifest: DatasetManifest, thresholds: tuple[float, ...] = PCK_THRESHOLDS,
+                 device: torch.device | str = "cpu") -> None:
         if not any(abs(t - 0.5) < 1e-9 for t in thresholds):
             raise ValueError("the PCK thresholds must include 0.5 (the headline PCKh@0.5)")
         self.manifest = manifest
@@ -99,7 +102,7 @@ class PoseMetrics:
         j, t = manifest.num_joints, len(thresholds)
         # hits[t, j], counts[j] for head-normalised and torso-normalised distances; images[0] = used,
         # images[1] = excluded (no head size)
-        self.state = torch.zeros(2 * t * j + 2 * j + 2, dtype=torch.int64)
+        self.state = torch.zeros(2 * t * j + 2 * j + 2, dtype=torch.int64, device=device)
         self._shape = (t, j)
 
     def _views(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -132,8 +135,8 @@ class PoseMetrics:
     def _add(self, hits: Tensor, counts: Tensor, normalised: np.ndarray, labelled: np.ndarray) -> None:
         ok = labelled & np.isfinite(normalised)
         within = (normalised[None, :] <= self.thresholds[:, None]) & ok[None, :]
-        hits += torch.from_numpy(within.astype(np.int64))
-        counts += torch.from_numpy(ok.astype(np.int64))
+        hits += torch.from_numpy(within.astype(np.int64)).to(hits.device)
+        counts += torch.from_numpy(ok.astype(np.int64)).to(counts.device)
 
     def _torso_size(self, gt: np.ndarray, labelled: np.ndarray) -> float | None:
         torso = self.manifest.raw.get("torso")
@@ -150,7 +153,7 @@ class PoseMetrics:
 
     def compute(self) -> dict[str, object]:
         """PCKh@0.5 per joint, groups, U.Body, Avg (percent), the PCKh curve and torso PCK@0.2."""
-        hits, counts, torso_hits, torso_counts, images = (v.numpy().astype(np.float64) for v in self._views())
+        hits, counts, torso_hits, torso_counts, images = (v.cpu().numpy().astype(np.float64) for v in self._views())
         spec = self.manifest.pckh
         headline = int(np.argmin(np.abs(self.thresholds - 0.5)))
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -119,3 +119,63 @@ def test_sums_from_two_shards_equal_one_pass() -> None:
     assert a.compute() == whole.compute()
     with pytest.raises(ValueError, match="0.5"):
         PoseMetrics(LIP, thresholds=(0.1, 0.2))
+
+
+class _Collective:
+    """A pretend process group: records the device of every tensor handed to all_reduce."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.devices: list[torch.device] = []
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a: 1)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda *a: 0)
+        monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, *a, **k: self.devices.append(t.device))
+
+
+def test_pose_counts_live_and_reduce_on_the_given_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    collective = _Collective(monkeypatch)
+    pose = PoseMetrics(LIP, device="meta")  # any device but the CPU: meta holds no data
+    gt = np.zeros((LIP.num_joints, 2))
+    gt[LIP.pckh.neck], gt[LIP.pckh.head_top] = (10, 10), (10, 0)
+    pose.update(gt + 1, gt)
+    pose.all_reduce()
+    ParsingMetrics(3, device="meta").all_reduce()
+    assert collective.devices == [torch.device("meta")] * 2
+
+
+def test_validation_reduces_every_sum_on_the_models_device(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import mula_cli.evaluation as evaluation
+    from trees import build_lip_tree
+
+    from mula_cli.data.prepare import prepare_dataset
+    from mula_cli.model.presets import build_model
+
+    build_lip_tree(tmp_path / "LIP", counts={"val": 2}, seed=1)
+    prepare_dataset(LIP, tmp_path / "LIP", tmp_path / "lip.h5")
+    model = build_model("hg-tiny", num_classes=20, num_joints=16, width=16)
+    placed = []
+    for name in ("ParsingMetrics", "PoseMetrics"):  # the device each accumulator is made for
+        cls = getattr(evaluation, name)
+        monkeypatch.setattr(evaluation, name, lambda *a, cls=cls, **k: placed.append(k.get("device")) or cls(*a, **k))
+    collective = _Collective(monkeypatch)
+    loader = evaluation.eval_loader(tmp_path / "lip.h5", "val", 128, 4, batch_size=2, workers=0)
+    evaluation.evaluate_model(model, loader, LIP)
+    model_device = next(model.parameters()).device
+    assert placed == [model_device, model_device]
+    assert len(collective.devices) == 3 and set(collective.devices) == {model_device}  # confusion, PCK, count
+
+
+def test_the_cuda_process_group_can_reduce_cpu_tensors_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mula_cli.train import distributed
+
+    calls = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: calls.update(kwargs))
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(key, value)
+    world = distributed.setup_world("auto")
+    assert world.device == torch.device("cuda", 1)
+    assert calls["backend"] == "cpu:gloo,cuda:nccl" and calls["device_id"] == torch.device("cuda", 1)

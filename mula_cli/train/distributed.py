@@ -1,8 +1,9 @@
 """Devices and PyTorch's distributed engine, as ``torchrun`` sets it up.
 
 ``torchrun --nproc-per-node N -m mula_cli train ...`` starts N processes with RANK, WORLD_SIZE,
-LOCAL_RANK and the rendezvous address in their environment; each joins the process group (NCCL on
-CUDA, gloo on CPU) and drives one device. A plain ``mula train`` is a world of one.
+LOCAL_RANK and the rendezvous address in their environment; each joins the process group (NCCL for
+CUDA tensors with gloo beside it for CPU ones, gloo alone on CPU) and drives one device. Whatever a
+collective reduces lives on the run's device all the same (metric sums included). A plain ``mula train`` is a world of one.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def setup_world(device_option: str) -> World:
                         "of its LOCAL_RANK; use --device cuda or auto")
     device = pick_device(device_option, local_rank)
     if size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        # NCCL reduces only CUDA tensors; gloo beside it takes any CPU tensor a collective is handed.
+        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, rank=rank, world_size=size,
