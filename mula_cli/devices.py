@@ -46,3 +46,23 @@ def pick_device(option: str = "auto", local_rank: int = 0, *, name: str = "--dev
             raise MulaError(f"{name} {value}: PyTorch sees {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
         return torch.device("cuda", index)
     return torch.device("cuda", local_rank % count)
+
+
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def amp_dtype(mode: str, device: torch.device, option: str = "--amp") -> torch.dtype | None:
+    """The autocast dtype for an ``--amp`` mode on ``device``, or None for full precision.
+
+    Mixed precision is used on CUDA only. ``auto`` is bf16 where the GPU supports it (else full
+    precision); ``bf16`` and ``fp16`` are taken as asked; ``off`` is full precision.
+    """
+    if mode not in AMP_MODES:
+        raise MulaError(f"{option} {mode!r} is unknown; use one of {', '.join(AMP_MODES)}")
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None

@@ -90,3 +90,26 @@ def test_asking_for_a_missing_gpu_is_one_line_too(tiny_weights: Path, tmp_path: 
         from mula_cli import Predictor
 
         Predictor(tiny_weights, device="cuda:0")
+
+
+def test_one_amp_rule_for_training_and_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mula_cli.devices import amp_dtype
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert {amp_dtype(mode, cpu) for mode in ("auto", "off", "bf16", "fp16")} == {None}  # autocast on CUDA only
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert (amp_dtype("auto", gpu), amp_dtype("off", gpu), amp_dtype("fp16", gpu)) == (torch.bfloat16, None,
+                                                                                       torch.float16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert amp_dtype("auto", gpu) is None and amp_dtype("bf16", gpu) == torch.bfloat16
+    with pytest.raises(MulaError, match="--amp 'half' is unknown"):
+        amp_dtype("half", cpu)
+
+
+def test_evaluate_measures_in_fp32_unless_asked(tiny_weights: Path) -> None:
+    import inspect
+
+    from mula_cli.commands.evaluate import evaluate
+
+    assert inspect.signature(evaluate).parameters["amp"].default.default == "off"
+    _one_line_exit_2(run_cli("evaluate", tiny_weights, "--amp", "half"), "--amp 'half' is unknown")

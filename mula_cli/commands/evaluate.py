@@ -38,24 +38,22 @@ def evaluate(
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
     workers: int = typer.Option(4, "--workers", "-j", min=0, help="Data-loading processes."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    amp: str = typer.Option("auto", "--amp", help="Mixed precision on CUDA: auto|off|bf16|fp16."),
+    amp: str = typer.Option("off", "--amp", help="Mixed precision on CUDA: off|auto|bf16|fp16 (off: fp32, so the numbers do not depend on the GPU)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout instead of tables."),
 ) -> None:
     """Score a model with the official test protocol (flip-averaged pose, single-pass parsing)."""
-    import torch
-
     from mula_cli.data.cache import CacheFile
+    from mula_cli.devices import amp_dtype as resolve_amp
+    from mula_cli.devices import pick_device
     from mula_cli.evaluation import eval_loader, evaluate_model
     from mula_cli.inference import InferenceOptions
     from mula_cli.manifests import manifest_from_json
     from mula_cli.model.weights import load_weights
     from mula_cli.progress import make_progress
-    from mula_cli.devices import pick_device
 
-    if amp not in ("auto", "off", "bf16", "fp16"):
-        raise MulaError(f"--amp {amp!r} is unknown; use auto, off, bf16 or fp16")
     options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=parse_scales(scales))
     dev = pick_device(device)
+    amp_dtype = resolve_amp(amp, dev)
     model, config, extra = load_weights(weights, map_location=dev)
     trained_on = manifest_from_json(extra["manifest"]) if "manifest" in extra else None
     with tempfile.TemporaryDirectory(prefix="mula-eval-") as tmp:
@@ -66,9 +64,6 @@ def evaluate(
         if (manifest.num_classes, manifest.num_joints) != (config.num_classes, config.num_joints):
             raise MulaError(f"{weights} predicts {config.num_classes} classes / {config.num_joints} joints but "
                             f"{cache_path} has {manifest.num_classes} / {manifest.num_joints}; pick the matching --data")
-        amp_dtype = None
-        if dev.type == "cuda" and amp != "off":
-            amp_dtype = torch.float16 if amp == "fp16" else torch.bfloat16
         loader = eval_loader(cache_path, split, config.input_size, config.stride, batch_size=batch_size,
                              workers=workers, limit=limit)
         writer = _PredictionWriter(save_dir, manifest) if save_dir else None

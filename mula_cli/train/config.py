@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from mula_cli.devices import check_device_option
+from mula_cli.devices import AMP_MODES, check_device_option
 from mula_cli.errors import MulaError
 
 SCHEDULES: dict[str, dict[str, Any]] = {
@@ -25,7 +25,6 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "constant": {"lr": 2.5e-3, "lr_vgg": 1e-4, "milestones": (), "factors": ()},
 }
 REFERENCE_EPOCHS = 250
-AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
