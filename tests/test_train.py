@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,7 +152,9 @@ def test_bad_training_input_is_one_line_exit_2(cache: Path, tmp_path: Path) -> N
     assert bad_type.exit_code == 2 and "epochs" in bad_type.output
     schedule = run_cli("train", "--data", cache, "--schedule", "cosine")
     assert schedule.exit_code == 2 and "cosine" in schedule.output
-    for result in (missing, bad_cache, preset, bad_key, bad_type, schedule):
+    both = run_cli("train", "--resume", tmp_path / "last.pt", "--weights", tmp_path / "w.pt")
+    assert both.exit_code == 2 and "drop --weights" in both.output
+    for result in (missing, bad_cache, preset, bad_key, bad_type, schedule, both):
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
 
 
@@ -177,3 +180,94 @@ def test_learning_rate_schedules() -> None:
     assert official.lr_at(229, "hourglass") == pytest.approx(0.05 * 1.5e-3)
     short = TrainConfig(schedule="paper", epochs=10)
     assert [short.lr_at(e, "hourglass") / 2.5e-3 for e in (0, 4, 5, 6, 9)] == [1.0, 1.0, 0.5, 0.25, 0.0625]
+
+
+@pytest.mark.slow
+def test_a_loss_diverging_on_one_rank_stops_every_rank_with_the_message(cache: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    script = Path(__file__).with_name("diverge_one_rank.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--log-dir", str(logs), "--redirects", "3", str(script), "train", "--data", str(cache), *TINY,
+           "--epochs", "1", "--device", "cpu", "--project", "runs", "--batch-size", "2"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    errors = {p.parent.name: p.read_text() for p in logs.rglob("stderr.log")}
+    assert set(errors) == {"0", "1"}
+    for rank, text in errors.items():
+        assert "the loss became nan at epoch 1, step 2" in text, (rank, text[-2000:])
+        assert "Traceback" not in text, (rank, text[-2000:])
+
+
+@pytest.mark.slow
+def test_resume_writes_into_the_run_the_checkpoint_names(cache: Path, tmp_path: Path) -> None:
+    first = _mula("train", "--data", cache, *TINY, "--epochs", "1", "--project", "runs", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "runs" / "exp"
+    elsewhere = tmp_path / "downloads"
+    elsewhere.mkdir()
+    copy = elsewhere / "last.pt"
+    shutil.copy(run / "weights" / "last.pt", copy)
+    resumed = _mula("train", "--resume", copy, "--epochs", "2", cwd=elsewhere)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [int(r["epoch"]) for r in _rows(run)] == [1, 2]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["last.pt"]  # nothing written beside the copy
+
+    shutil.rmtree(tmp_path / "runs")  # the run directory is gone: a new one, and the user is told
+    again = _mula("train", "--resume", copy, "--epochs", "3", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "is gone; continuing in a new one" in " ".join(again.stderr.split())
+    assert [int(r["epoch"]) for r in _rows(tmp_path / "runs" / "exp")] == [2, 3]  # the copy was after epoch 1
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_tells_how_to_resume(cache: Path, tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "mula_cli", "train", "--data", str(cache), *TINY, "--epochs", "50",
+                             "--val-every", "50", "--project", "runs"], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1:"):  # 49 epochs left: the signal always lands inside the run
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, errors = proc.communicate(timeout=600)
+    assert proc.returncode == 1, errors
+    assert "interrupted (SIGTERM)" in errors and "mula train --resume" in " ".join(rest.split())
+    last = tmp_path / "runs" / "exp" / "weights" / "last.pt"
+    saved = torch.load(last, weights_only=True)
+    assert saved["training"]["state"]["epoch"] >= 1 and saved["training"]["state"]["world_size"] == 1
+
+    # a mid-epoch checkpoint of two processes cannot go on with one: its sharding would change
+    saved["training"]["state"].update(epoch_step=1, world_size=2)
+    torch.save(saved, tmp_path / "two.pt")
+    result = run_cli("train", "--resume", tmp_path / "two.pt")
+    assert result.exit_code == 2 and "with 2 process(es)" in result.output, result.output
+    # a checkpoint from a version with other options: one line, not a TypeError
+    saved["extra"]["train_config"]["future_option"] = 1
+    torch.save(saved, tmp_path / "future.pt")
+    result = run_cli("train", "--resume", tmp_path / "future.pt")
+    assert result.exit_code == 2 and "future_option" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_deterministic_is_strict_and_a_missing_kernel_is_one_line(cache: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from mula_cli.train import engine
+
+    seen = []
+    real_step = engine._step
+    monkeypatch.setattr(engine, "_step", lambda *a: seen.append(
+        (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+         torch.backends.cudnn.deterministic)) or real_step(*a))
+    result = run_cli("train", "--data", cache, *TINY, "--epochs", "1", "--deterministic", "--project",
+                     tmp_path / "runs", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert seen and set(seen) == {(True, False, True)}
+    assert not torch.are_deterministic_algorithms_enabled()  # put back for whoever runs next in this process
+
+    def no_kernel(*args, **kwargs):
+        raise RuntimeError("upsample_bilinear2d_backward_out_cuda does not have a deterministic implementation, "
+                           "but you set 'torch.use_deterministic_algorithms(True)'. You can turn off ...")
+
+    monkeypatch.setattr(engine, "_train", no_kernel)
+    result = run_cli("train", "--data", cache, "--deterministic")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "upsample_bilinear2d_backward_out_cuda does not have a deterministic implementation" in result.output

@@ -40,10 +40,10 @@ def train(
     beta: Optional[float] = typer.Option(None, "--beta", help="Weight of the parsing loss against the pose loss. Default: 0.01, the authors'.", rich_help_panel=OPTIM),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed. Default: 0.", rich_help_panel=OPTIM),
     device: Optional[str] = typer.Option(None, "--device", help=f"{DEVICE_CHOICES}. Default: auto.", rich_help_panel=HARDWARE),
-    amp: Optional[str] = typer.Option(None, "--amp", help=f"Mixed precision on CUDA: {'|'.join(AMP_MODES)} (auto = bf16 where supported). Default: auto.", rich_help_panel=HARDWARE),
+    amp: Optional[str] = typer.Option(None, "--amp", help=f"Mixed precision on CUDA: {'|'.join(AMP_MODES)} (auto = bf16 where supported; fp16's grad scaler reads its overflow flag on the host every step). Default: auto.", rich_help_panel=HARDWARE),
     sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm across GPUs. Default: off.", rich_help_panel=HARDWARE),
     compile_model: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model. Default: off.", rich_help_panel=HARDWARE),
-    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic", help="Deterministic algorithms (slower on GPU). Default: off.", rich_help_panel=HARDWARE),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic", help="Strict deterministic algorithms and cuDNN (an operation with no deterministic kernel stops the run with an error; on CUDA PyTorch has none for some of MuLA's). Default: off.", rich_help_panel=HARDWARE),
     device_augment: Optional[bool] = typer.Option(None, "--device-augment/--cpu-augment", help="Resample augmented images in batches on the training device instead of in the data workers. Default: on with CUDA.", rich_help_panel=HARDWARE),
     project: Optional[str] = typer.Option(None, "--project", help="Folder of runs. Default: runs/train.", rich_help_panel=OUTPUT),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (auto-incremented if taken). Default: exp.", rich_help_panel=OUTPUT),
@@ -64,6 +64,7 @@ def train(
     if resume is not None:
         path = find_last_checkpoint(Path(project or "runs/train")) if resume == "last" else Path(resume)
         given = sorted(k for k, v in flags.items() if v is not None and k not in ("epochs", "workers", "device", "project"))
+        given += ["weights"] if weights is not None else []  # the run's own weights are in its checkpoint
         if given or config is not None:
             raise MulaError(f"--resume continues a run with its own settings; drop {', '.join('--' + g.replace('_', '-') for g in given) or '--config'} "
                             "(only --epochs, --workers and --device may change; --project tells where to look)")

@@ -1,4 +1,4 @@
-"""Training checkpoints: a weights file plus everything needed to continue bit for bit.
+"""Training checkpoints: a weights file plus everything needed to continue (bit for bit on the CPU).
 
 ``last.pt`` and the ``best*.pt`` files are ordinary mula weights files (``mula evaluate``,
 ``predict`` and ``export`` read them directly) with one more entry, ``training``: optimiser and
@@ -31,6 +31,7 @@ class TrainState:
     best: dict[str, float] = field(default_factory=dict)
     running: list[float] = field(default_factory=list)  # loss sums of the interrupted epoch so far
     epoch_seconds: float = 0.0  # time spent in the interrupted epoch so far
+    world_size: int | None = None  # processes of the run (None: a checkpoint from before it was recorded)
 
 
 def rng_state() -> dict[str, Any]:
@@ -98,4 +99,5 @@ def restore_training(payload: dict[str, Any], model: torch.nn.Module, optimizer:
     return TrainState(epoch=int(s["epoch"]), step=int(s["step"]), epoch_step=int(s["epoch_step"]),
                       best={k: float(v) for k, v in s["best"].items()},
                       running=[float(v) for v in s.get("running", [])],
-                      epoch_seconds=float(s.get("epoch_seconds", 0.0)))
+                      epoch_seconds=float(s.get("epoch_seconds", 0.0)),
+                      world_size=int(s["world_size"]) if s.get("world_size") is not None else None)

@@ -63,13 +63,18 @@ def shutdown_world() -> None:
         dist.destroy_process_group()
 
 
-def any_rank(flag: bool, world: World) -> bool:
-    """True when ``flag`` is true on any rank (a collective: every rank must call it)."""
+def agree(flag: bool, sums: torch.Tensor, world: World) -> tuple[bool, list[float]]:
+    """Whether ``flag`` is true on any rank, and ``sums`` added over all ranks: one collective.
+
+    Every rank must call it. A non-finite value on any rank makes the added sums non-finite on every
+    rank, so a decision taken on them (stop on a diverging loss) is taken by all ranks together.
+    """
     if not world.distributed:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=world.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+        return flag, sums.tolist()
+    packed = torch.cat([sums.new_tensor([1.0 if flag else 0.0]), sums])
+    dist.all_reduce(packed)
+    values = packed.tolist()
+    return values[0] > 0, values[1:]
 
 
 def broadcast_object(value: T, world: World) -> T:

@@ -1,15 +1,18 @@
 """The training loop, top to bottom: set up, then epochs of steps, validation and checkpoints.
 
-A training step makes no host synchronisation: losses accumulate on the device and are read
-(``.tolist()``) every ``log_every`` steps, which is also when a non-finite loss is noticed and
-when all ranks agree on stopping after Ctrl-C. Shapes are static (full batches only), so the
-step can be compiled (``--compile``).
+A training step makes no host synchronisation (except with ``--amp fp16``, whose grad scaler reads
+its overflow flag on the host every step): losses accumulate on the device and are read every
+``log_every`` steps in one collective that also tells every rank whether any rank was interrupted
+(Ctrl-C, SIGTERM) and adds the losses over ranks, so a non-finite loss on any rank stops all of them.
+Shapes are static (full batches only), so the step can be compiled (``--compile``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -26,6 +29,7 @@ from mula_cli.console import err, out
 from mula_cli.data.cache import CacheFile, resolve_cache
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
 from mula_cli.data.device_warp import warp_sources
+from mula_cli.devices import amp_dtype as resolve_amp
 from mula_cli.errors import MulaError
 from mula_cli.files import write_json
 from mula_cli.manifests import DatasetManifest
@@ -34,9 +38,9 @@ from mula_cli.model.presets import build_model
 from mula_cli.model.weights import load_weights, save_weights
 from mula_cli.progress import make_progress
 from mula_cli.train.checkpoint import TrainState, load_checkpoint, restore_training, save_checkpoint
-from mula_cli.train.config import TrainConfig
-from mula_cli.train.distributed import World, any_rank, broadcast_object, setup_world, shutdown_world
-from mula_cli.train.rundir import MetricsLog, environment, new_run_dir
+from mula_cli.train.config import TrainConfig, field_names
+from mula_cli.train.distributed import World, agree, broadcast_object, setup_world, shutdown_world
+from mula_cli.train.rundir import MetricsLog, environment, new_run_dir, resumed_run_dir
 from mula_cli.train.validate import Validator
 
 if TYPE_CHECKING:  # tensorboard is an optional extra
@@ -50,38 +54,33 @@ class TrainingStopped(MulaError):
 
 
 class _StopFlag:
-    """First Ctrl-C: finish the current step, save and exit. Second Ctrl-C: stop at once."""
+    """First Ctrl-C or SIGTERM (how SLURM and Kubernetes pre-empt a job): finish the current step, save
+    and exit. A second one: stop at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.raised = False
-        self._previous = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopFlag":
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         except ValueError:  # not the main thread (e.g. embedded use): keep the default behaviour
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.raised:
             raise KeyboardInterrupt
         self.raised = True
-        err.print("\n[yellow]interrupted: finishing this step and saving last.pt (Ctrl-C again to abort)[/]")
+        name = signal.Signals(signum).name
+        err.print(f"\n[yellow]interrupted ({name}): finishing this step and saving last.pt (a second {name} "
+                  "stops at once)[/]")
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or cfg.amp == "off":
-        return None
-    if cfg.amp == "fp16":
-        return torch.float16
-    if cfg.amp == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _seed_everything(seed: int) -> None:
@@ -93,7 +92,19 @@ def _seed_everything(seed: int) -> None:
 def resumed_config(checkpoint: dict[str, Any], path: Path, *, epochs: int | None, workers: int | None,
                    device: str | None) -> TrainConfig:
     """The saved run's configuration; only the number of epochs (larger), workers and device may change."""
-    saved = TrainConfig(**checkpoint["extra"]["train_config"])
+    saved_options = checkpoint["extra"].get("train_config")
+    if not isinstance(saved_options, dict):
+        raise MulaError(f"{path} holds no training configuration; start a new run from it with --weights {path}")
+    unknown = sorted(set(saved_options) - set(field_names()))
+    if unknown:
+        raise MulaError(f"{path} was written by a mula with training options this version does not know "
+                        f"({', '.join(unknown)}); resume it with that version, or start a new run from its "
+                        f"weights with --weights {path}")
+    try:
+        saved = TrainConfig(**saved_options)
+    except TypeError as exc:
+        raise MulaError(f"{path} has a training configuration this mula cannot read ({exc}); start a new run "
+                        f"from its weights with --weights {path}") from None
     if epochs is not None and epochs < saved.epochs:
         raise MulaError(f"--epochs {epochs} is fewer than the {saved.epochs} the run in {path} was started with")
     changes = {"epochs": epochs, "workers": workers, "device": device}
@@ -107,9 +118,18 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, weights: Path | None 
     When resuming, ``cfg`` must be :func:`resumed_config` of that checkpoint.
     """
     world = setup_world(cfg.device)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
         return _train(cfg, world, resume=resume, weights=weights, quiet=quiet)
+    except RuntimeError as exc:
+        if cfg.deterministic and "deterministic" in str(exc):  # an operation without a deterministic kernel
+            what = re.split(r",? but you set", " ".join(str(exc).split()), maxsplit=1)[0]
+            raise MulaError(f"--deterministic: {what[:200]} in this PyTorch; train without --deterministic")
+        raise
     finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])  # as it was, for library callers
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
         shutdown_world()
 
 
@@ -118,8 +138,10 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
     checkpoint = load_checkpoint(resume) if resume is not None else None
     _seed_everything(cfg.seed)
     torch.backends.cudnn.benchmark = not cfg.deterministic
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    if cfg.deterministic:  # strict: an operation without a deterministic kernel is an error, not a warning
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
 
     # ---- data -----------------------------------------------------------------------------
     cache_path = resolve_cache(cfg.data)
@@ -143,9 +165,14 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
     if cfg.sync_bn and world.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=cfg.base_lr(mcfg.encoder), alpha=0.99, eps=1e-8)
-    amp_dtype = _amp_dtype(cfg, device)
+    amp_dtype = resolve_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     state = restore_training(checkpoint, model, optimizer, scaler) if checkpoint is not None else TrainState()
+    if state.epoch_step and state.world_size not in (None, world.size):
+        raise MulaError(f"{resume} stopped in the middle of epoch {state.epoch + 1} with {state.world_size} "
+                        f"process(es); resume it with {state.world_size} (this run has {world.size}), or a "
+                        "different sharding would repeat or skip samples of that epoch")
+    state.world_size = world.size
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world.distributed else model
     step_model = torch.compile(net) if cfg.compile else net
@@ -163,9 +190,14 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
     validator = Validator(cache_path, manifest, cfg, world, amp_dtype) if has_val else None
 
     # ---- run directory (rank 0 writes everything) ------------------------------------------
-    run_dir = resume.parent.parent if resume is not None else None
-    if world.is_main and run_dir is None:
-        run_dir = new_run_dir(Path(cfg.project), cfg.name)
+    run_dir = None
+    if world.is_main:  # a resumed run continues in the folder its checkpoint names, wherever the file is now
+        run_dir = resumed_run_dir(checkpoint["extra"], resume) if checkpoint is not None else None
+        if run_dir is None:
+            run_dir = new_run_dir(Path(cfg.project), cfg.name)
+            if checkpoint is not None:
+                err.print(f"[yellow]the run directory {checkpoint['extra'].get('run_dir')} of {resume} is gone; "
+                          f"continuing in a new one, {run_dir}[/]")
     run_dir = broadcast_object(run_dir, world)
     columns = (["epoch", "lr", "loss", "pose_loss", "parsing_loss"]
                + [f"s{t + 1}_{task}" for t in range(mcfg.stages) for task in ("pose", "parsing")]
@@ -173,7 +205,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                   "val_score"])
     log = MetricsLog(run_dir / "metrics.csv", columns)
     extra = {"manifest": manifest.to_json(), "dataset": manifest.name, "train_config": cfg.to_dict(),
-             "run_dir": str(run_dir)}
+             "run_dir": str(run_dir.resolve())}
     if world.is_main:
         log.load_until(state.epoch)
         write_json(run_dir / "config.json", {"train": cfg.to_dict(), "model": mcfg.to_dict(), "seed": cfg.seed,
@@ -216,17 +248,18 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                     state.epoch_step += 1
                     bar.advance(task)
                     at_log = state.epoch_step % cfg.log_every == 0 or state.epoch_step == steps_per_epoch
-                    # Ranks agree on stopping at logging steps (a collective); alone, check every step.
-                    stopping = any_rank(stop.raised, world) if (at_log or not world.distributed) else False
-                    if at_log:
-                        values = (running / state.epoch_step).tolist()  # the loop's only host sync
-                        if not math.isfinite(values[0]):
-                            raise TrainingStopped(_diverged_message(run_dir, epoch, state, values[0]))
+                    stopping = stop.raised and not world.distributed  # alone, a stop is seen at every step
+                    if at_log:  # the loop's only host sync, and a collective: every rank decides alike
+                        stopping, sums = agree(stop.raised, running, world)
+                        loss_now = sums[0] / (state.epoch_step * world.size)  # the mean over all ranks
+                        if not math.isfinite(loss_now):
+                            raise TrainingStopped(_diverged_message(run_dir, epoch, state, loss_now))
                         rate = (state.epoch_step - done_before) * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
-                        bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs} loss {values[0]:.4g} "
+                        bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_now:.4g} "
                                                      f"{rate:,.0f} img/s")
-                    if stopping:
-                        state.running, state.epoch_seconds = running.tolist(), time.perf_counter() - t0
+                    if stopping:  # every rank restores these sums: keep their mean over ranks
+                        state.running = [v / world.size for v in (sums if at_log else running.tolist())]
+                        state.epoch_seconds = time.perf_counter() - t0
                         if world.is_main:
                             path = save_checkpoint(run_dir / "weights" / "last.pt", model, optimizer, scaler,
                                                    state, extra)
@@ -234,8 +267,8 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                                       f"with: mula train --resume {path}")
                         raise TrainingStopped("training interrupted; the run can be resumed")
             seconds = time.perf_counter() - t0
-            sums = running.tolist()
-            steps = max(state.epoch_step, 1)
+            _, sums = agree(False, running, world)  # metrics.csv shows the mean over all ranks
+            steps = max(state.epoch_step, 1) * world.size
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": sums[0] / steps,
                                    "images_per_s": (state.epoch_step - done_before) * cfg.batch_size / max(seconds, 1e-9),
                                    "seconds": seconds}

@@ -27,6 +27,20 @@ def new_run_dir(project: Path, name: str | None) -> Path:
     return run
 
 
+def resumed_run_dir(extra: dict[str, Any], checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint was saved in (recorded inside it), or None when that folder is gone.
+
+    Never guessed from where the file lies: a ``last.pt`` copied elsewhere still belongs to its run.
+    """
+    recorded = extra.get("run_dir")
+    if not recorded or not Path(recorded).is_dir():
+        return None
+    run = Path(recorded)
+    (run / "weights").mkdir(exist_ok=True)
+    (run / "vis").mkdir(exist_ok=True)
+    return run
+
+
 def environment() -> dict[str, Any]:
     """Versions and hardware, recorded in config.json."""
     import torch
