@@ -44,23 +44,22 @@ def getitem_rate(cache: Path, config: SampleConfig, epochs: int) -> float:
 
 
 def device_warp_ms(cache: Path, batch: int) -> dict[str, float]:
-    """Time of mula_cli.data.device_warp.warp_sources for one batch, on the CPU and on CUDA if present."""
+    """Time of mula_cli.data.device_warp.warp_images for one batch, on the CPU and on CUDA if present."""
     from mula_cli.data.dataset import collate
-    from mula_cli.data.device_warp import warp_sources
+    from mula_cli.data.device_warp import warp_images
 
     dataset = MulaDataset(cache, "train", SampleConfig(defer_warp=True))
     data = collate([dataset[i % len(dataset)] for i in range(batch)])
-    lut = torch.arange(256)
     timings = {}
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        args = [data[k].to(device) for k in ("source", "source_parsing", "theta", "flipped", "has_parsing")]
+        args = [[t.to(device) for t in data["crop"]], data["input_to_crop"].to(device)]
         for _ in range(2):
-            warp_sources(*args, lut.to(device), 256)
+            warp_images(*args, 256)
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(5):
-            warp_sources(*args, lut.to(device), 256)
+            warp_images(*args, 256)
         if device == "cuda":
             torch.cuda.synchronize()
         timings[device] = round((time.perf_counter() - start) / 5 * 1e3, 2)

@@ -16,6 +16,8 @@ A sample is a dict of tensors:
   (J,) bool labelled joints;
 - ``affine``: (2, 3) float64 original-to-input matrix, ``orig_size``: (2,) original height, width,
   ``index``: position in the split, ``id``: the sample id;
+- ``defer_warp`` training only: ``crop`` (3, h, w) uint8 and ``input_to_crop`` (2, 3) instead of
+  ``image``, for :func:`mula_cli.data.device_warp.warp_images` (crops differ in size: a list in a batch);
 - evaluation mode only: ``orig_parsing`` (H, W) uint8 ground truth at original size (None when the
   sample has none) and ``orig_joints`` (P, J, 2) in original pixels, for scoring.
 
@@ -37,7 +39,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mula_cli.data.cache import CacheFile, CacheSplit
-from mula_cli.data.device_warp import canvas_side, grid_theta, place_on_canvas
+from mula_cli.data.device_warp import crop_footprint
 from mula_cli.data.transforms import AugmentConfig, apply_affine, letterbox, train_affine, warp_image, warp_label
 from mula_cli.heatmaps import encode_people_heatmaps, swap_joints, swap_labels
 
@@ -157,13 +159,11 @@ class MulaDataset(Dataset):
         return {"image": image.transpose(2, 0, 1), "parsing": self._label_at_input(label, m, flipped)}
 
     def _deferred(self, img: Image.Image, label: np.ndarray | None, m: np.ndarray, flipped: bool) -> dict[str, object]:
-        """Canvases and sampling matrix for :func:`mula_cli.data.device_warp.warp_sources`."""
-        side = canvas_side(self.config.input_size)
-        source, source_parsing, to_canvas = place_on_canvas(img, label, side, self.config.augment.image_pad)
-        canvas_to_input = np.vstack([m, [0.0, 0.0, 1.0]]) @ np.linalg.inv(np.vstack([to_canvas, [0.0, 0.0, 1.0]]))
-        return {"source": source, "source_parsing": source_parsing,
-                "theta": torch.from_numpy(grid_theta(canvas_to_input[:2], side, self.config.input_size)),
-                "flipped": torch.tensor(flipped), "has_parsing": torch.tensor(label is not None)}
+        """The warp's source footprint for :func:`mula_cli.data.device_warp.warp_images`; the label map is
+        warped here, as on the CPU path (nearest neighbour is cheap)."""
+        crop, input_to_crop = crop_footprint(img, m, self.config.input_size)
+        return {"crop": crop, "input_to_crop": torch.from_numpy(input_to_crop),
+                "parsing": self._label_at_input(label, m, flipped)}
 
 
 def collate(samples: list[dict[str, object]]) -> dict[str, object]:

@@ -1,17 +1,23 @@
-"""Training augmentation's resampling on the training device, a batch at a time.
+"""Training augmentation's image resampling on the training device, a batch at a time.
 
-With ``SampleConfig(defer_warp=True)`` a DataLoader worker only decodes the image and label map
-and places them on a fixed-size canvas (box-reduced first when larger), draws the random geometry
-and makes the targets that depend only on it (joints, heatmaps). :func:`warp_sources` then
-resamples the whole batch with one ``grid_sample`` per tensor on the GPU, where it costs next to
-nothing, instead of one PIL warp per image on a CPU core (the most expensive part of a sample).
-Same geometry, same random draws, same targets as the CPU path; only the bilinear implementation
-differs (PyTorch's instead of PIL's).
+With ``SampleConfig(defer_warp=True)`` a DataLoader worker only decodes the image, draws the random
+geometry, makes the targets (label map, joints, heatmaps: exactly as the CPU path does; a
+nearest-neighbour label warp is cheap) and cuts out the part of the picture the warp will read
+(:func:`crop_footprint`). :func:`warp_images` then resamples the batch's crops with one
+``grid_sample`` on the GPU, where it costs next to nothing, instead of one PIL warp per image on a CPU
+core (the most expensive part of a sample).
+
+The geometry is the CPU path's (``mula_cli.data.transforms.warp_image``): the same matrix, and the
+picture box-reduced first only when the warp itself shrinks it more than 2x, by the same factor.
+Only the bilinear implementation differs (PyTorch's instead of PIL's). The crop is the warp's
+source footprint, so a large photo with a small person moves only the pixels around the person to
+the GPU.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,68 +25,73 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from mula_cli.data.transforms import invert_affine, prereduce_factor
 
-def canvas_side(input_size: int) -> int:
-    """Canvas side for an input size: twice it (larger sources are box-reduced to fit)."""
-    return 2 * input_size
-
-
-def place_on_canvas(img: Image.Image, label: np.ndarray | None, side: int,
-                    image_pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The image (3, side, side) and label (side, side) on canvases, and the original-to-canvas matrix.
-
-    The image canvas is filled with the padding grey and the label canvas with 0 outside the
-    picture, and labels are stored +1 so that 0 marks "outside" after resampling.
-    """
-    factor = max(1, math.ceil(max(img.width, img.height) / side))
-    if factor > 1:  # box filter: the warp itself does not anti-alias
-        img = img.reduce(factor)
-        label = None if label is None else label[factor // 2::factor, factor // 2::factor]
-    pixels = np.full((side, side, 3), image_pad, np.uint8)
-    pixels[: img.height, : img.width] = np.asarray(img)
-    labels = np.zeros((side, side), np.int16)
-    if label is not None:
-        h, w = min(label.shape[0], side), min(label.shape[1], side)
-        labels[:h, :w] = label[:h, :w].astype(np.int16) + 1
-    # reduced pixel centre x_r sits at original x = factor * (x_r + 0.5) - 0.5
-    to_canvas = np.array([[1.0 / factor, 0.0, 0.5 / factor - 0.5], [0.0, 1.0 / factor, 0.5 / factor - 0.5]])
-    return pixels.transpose(2, 0, 1).copy(), labels, to_canvas
+# Bilinear sampling at the footprint's edge reads one pixel further; one more for rounding.
+_MARGIN = 2
 
 
-def grid_theta(canvas_to_input: np.ndarray, side: int, size: int) -> np.ndarray:
-    """``affine_grid``'s theta (output normalised -> source normalised, align_corners=False)."""
-    def normaliser(n: int) -> np.ndarray:  # pixel centre x -> (2x + 1) / n - 1
-        return np.array([[2.0 / n, 0.0, 1.0 / n - 1.0], [0.0, 2.0 / n, 1.0 / n - 1.0], [0.0, 0.0, 1.0]])
-
-    full = np.vstack([canvas_to_input, [0.0, 0.0, 1.0]])
-    theta = normaliser(side) @ np.linalg.inv(full) @ np.linalg.inv(normaliser(size))
-    return theta[:2].astype(np.float32)
-
-
-def warp_sources(source: Tensor, source_parsing: Tensor, theta: Tensor, flipped: Tensor, has_parsing: Tensor,
-                 flip_lut: Tensor, size: int, image_pad: int = 128, label_pad: int = 0,
-                 ignore_label: int = 255) -> tuple[Tensor, Tensor]:
-    """Resample a batch of canvases into network inputs and parsing targets.
+def crop_footprint(img: Image.Image, m: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The part of the picture a warp by ``m`` to ``size`` x ``size`` reads, box-reduced as the CPU path would.
 
     Args:
-        source: (B, 3, C, C) uint8 image canvases.
-        source_parsing: (B, C, C) int16 label canvases (class id + 1; 0 = outside the picture).
-        theta: (B, 2, 3) sampling matrices from :func:`grid_theta`.
-        flipped: (B,) bool, samples whose matrix mirrors (left/right classes swap).
-        has_parsing: (B,) bool, samples with a usable label map (the others become all ignore).
-        flip_lut: (256,) int64 left/right class swap.
-        size: network input side.
+        img: the RGB picture.
+        m: the original-to-input matrix (2x3, pixel centres).
+        size: the network input side.
 
     Returns:
-        images (B, 3, S, S) float in 0..255 and parsing (B, S, S) uint8.
+        the crop (3, h, w) uint8 and the input-to-crop matrix (2x3): where each input pixel centre
+        samples the crop.
     """
-    b = source.shape[0]
-    grid = F.affine_grid(theta.float(), [b, 3, size, size], align_corners=False)
-    images = F.grid_sample(source.float() - image_pad, grid, mode="bilinear", padding_mode="zeros",
+    f = prereduce_factor(m)
+    width, height = (math.ceil(img.width / f), math.ceil(img.height / f))  # the reduced picture
+    corners = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
+    inverse = invert_affine(m)
+    reduced = (corners @ inverse[:, :2].T + inverse[:, 2] + 0.5) / f - 0.5
+    x0 = int(np.clip(math.floor(reduced[:, 0].min()) - _MARGIN, 0, width - 1))
+    y0 = int(np.clip(math.floor(reduced[:, 1].min()) - _MARGIN, 0, height - 1))
+    x1 = int(np.clip(math.ceil(reduced[:, 0].max()) + _MARGIN + 1, x0 + 1, width))
+    y1 = int(np.clip(math.ceil(reduced[:, 1].max()) + _MARGIN + 1, y0 + 1, height))
+    box = (x0 * f, y0 * f, min(x1 * f, img.width), min(y1 * f, img.height))
+    pixels = np.asarray(img.reduce(f, box=box) if f > 1 else img.crop(box))
+    # crop pixel centre (x_c, y_c) is original (f * (x_c + x0 + 0.5) - 0.5, ...)
+    crop_to_original = np.array([[f, 0.0, f * (x0 + 0.5) - 0.5], [0.0, f, f * (y0 + 0.5) - 0.5]])
+    input_to_crop = invert_affine(crop_to_original) @ np.vstack([inverse, [0.0, 0.0, 1.0]])
+    return pixels.transpose(2, 0, 1).copy(), input_to_crop
+
+
+def _sampling_theta(input_to_crop: Tensor, canvas_hw: tuple[int, int], size: int) -> Tensor:
+    """``affine_grid``'s theta (output normalised -> canvas normalised, align_corners=False)."""
+    h, w = canvas_hw
+    # pixel centre x -> normalised u = (2x + 1) / n - 1, and back: x = (n (u + 1) - 1) / 2
+    to_norm = input_to_crop.new_tensor([[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0],
+                                        [0.0, 0.0, 1.0]])
+    from_norm = input_to_crop.new_tensor([[size / 2.0, 0.0, (size - 1) / 2.0], [0.0, size / 2.0, (size - 1) / 2.0],
+                                          [0.0, 0.0, 1.0]])
+    last = input_to_crop.new_tensor([0.0, 0.0, 1.0]).expand(input_to_crop.shape[0], 1, 3)
+    return (to_norm @ torch.cat([input_to_crop, last], dim=1) @ from_norm)[:, :2]
+
+
+def warp_images(crops: Sequence[Tensor], input_to_crop: Tensor, size: int, image_pad: int = 128) -> Tensor:
+    """Resample a batch of crops from :func:`crop_footprint` into network inputs.
+
+    Args:
+        crops: B crops (3, h_i, w_i) uint8 (a list, or a stacked tensor when all have one size).
+        input_to_crop: (B, 2, 3) matrices from :func:`crop_footprint`.
+        size: network input side.
+        image_pad: the grey outside the picture.
+
+    Returns:
+        images (B, 3, S, S) float in 0..255.
+    """
+    b = len(crops)
+    h = max(int(t.shape[-2]) for t in crops)
+    w = max(int(t.shape[-1]) for t in crops)
+    canvas = torch.full((b, 3, h, w), image_pad, dtype=torch.uint8, device=input_to_crop.device)
+    for i, crop in enumerate(crops):  # beyond a crop (outside the picture) lies the padding grey
+        canvas[i, :, : crop.shape[-2], : crop.shape[-1]] = crop
+    theta = _sampling_theta(input_to_crop.double(), (h, w), size).float()
+    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
+    images = F.grid_sample(canvas.float() - image_pad, grid, mode="bilinear", padding_mode="zeros",
                            align_corners=False) + image_pad
-    labels = F.grid_sample(source_parsing[:, None].float(), grid, mode="nearest", padding_mode="zeros",
-                           align_corners=False)[:, 0].long()
-    labels = torch.where(labels == 0, torch.full_like(labels, label_pad), labels - 1)
-    labels = torch.where(flipped[:, None, None], flip_lut[labels.clamp(0, 255)], labels)
-    labels = torch.where(has_parsing[:, None, None], labels, torch.full_like(labels, ignore_label))
-    return images.clamp(0, 255), labels.to(torch.uint8)
+    return images.clamp(0, 255)

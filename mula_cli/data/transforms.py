@@ -98,11 +98,17 @@ def _pil_coefficients(m: np.ndarray) -> tuple[float, ...]:
     return (a[0, 0], a[0, 1], t[0], a[1, 0], a[1, 1], t[1])
 
 
-def _prereduce(img: Image.Image, m: np.ndarray) -> tuple[Image.Image, np.ndarray]:
-    """Box-filter the image first when the warp shrinks it more than 2x (an affine warp does not
-    anti-alias), adjusting the matrix to the reduced image."""
+def prereduce_factor(m: np.ndarray) -> int:
+    """The box reduction a warp by ``m`` needs first: ``int(1 / zoom)`` when it shrinks more than 2x, else 1
+    (an affine warp does not anti-alias). The CPU and the device resampling both follow it."""
     zoom = math.sqrt(abs(np.linalg.det(m[:, :2])))
-    factor = int(1.0 / zoom) if zoom < 0.5 else 1
+    return int(1.0 / zoom) if zoom < 0.5 else 1
+
+
+def _prereduce(img: Image.Image, m: np.ndarray) -> tuple[Image.Image, np.ndarray]:
+    """Box-filter the image first when the warp shrinks it more than 2x, adjusting the matrix to the
+    reduced image."""
+    factor = prereduce_factor(m)
     if factor < 2:
         return img, m
     reduced = img.reduce(factor)

@@ -28,11 +28,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from mula_cli.console import err, out
 from mula_cli.data.cache import CacheFile, resolve_cache
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
-from mula_cli.data.device_warp import warp_sources
+from mula_cli.data.device_warp import warp_images
 from mula_cli.devices import amp_dtype as resolve_amp
 from mula_cli.errors import MulaError
 from mula_cli.files import write_json
-from mula_cli.manifests import DatasetManifest
 from mula_cli.model.loss import mula_loss
 from mula_cli.model.presets import build_model
 from mula_cli.model.weights import load_weights, save_weights
@@ -180,7 +179,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
     device_augment = cfg.device_augment if cfg.device_augment is not None else device.type == "cuda"
     train_set = MulaDataset(cache_path, "train", SampleConfig(input_size=mcfg.input_size, stride=mcfg.stride,
                                                               seed=cfg.seed, defer_warp=device_augment))
-    inputs = _BatchInputs(device, mcfg.input_size, manifest, train_set.config)
+    inputs = _BatchInputs(device, mcfg.input_size, train_set.config)
     sampler = DistributedSampler(train_set, num_replicas=world.size, rank=world.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
     steps_per_epoch = len(sampler) // batch
@@ -299,23 +298,20 @@ class _BatchInputs:
     """A loader batch as device tensors (images, heatmaps, labels), resampling on the device when the
     dataset deferred it (see mula_cli.data.device_warp)."""
 
-    def __init__(self, device: torch.device, size: int, manifest: DatasetManifest, config: SampleConfig) -> None:
+    def __init__(self, device: torch.device, size: int, config: SampleConfig) -> None:
         self.device, self.size, self.augment = device, size, config.augment
-        self.lut = torch.from_numpy(manifest.class_flip_lut().astype(np.int64)).to(device)
-        self.ignore = manifest.ignore_label
         self.memory = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
     def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         def put(name: str) -> torch.Tensor:
             return batch[name].to(self.device, non_blocking=True)
 
-        if "source" in batch:
-            images, labels = warp_sources(put("source"), put("source_parsing"), put("theta"), put("flipped"),
-                                          put("has_parsing"), self.lut, self.size, self.augment.image_pad,
-                                          self.augment.label_pad, self.ignore)
+        if "crop" in batch:  # crops of several sizes come as a list
+            images = warp_images([t.to(self.device, non_blocking=True) for t in batch["crop"]], put("input_to_crop"),
+                                 self.size, self.augment.image_pad)
         else:
-            images, labels = put("image"), put("parsing")
-        return images.contiguous(memory_format=self.memory), put("heatmaps"), labels
+            images = put("image")
+        return images.contiguous(memory_format=self.memory), put("heatmaps"), put("parsing")
 
 
 def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
