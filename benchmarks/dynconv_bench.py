@@ -3,17 +3,18 @@
 
 Times forward, backward and forward+backward of the Triton operator (NCHW and channels_last inputs)
 and of the grouped convolution (NCHW, the fallback, and channels_last folded, cuDNN's best case) with
-CUDA events, the L2 cache flushed before every repeat, median of the repeats. Each case is set
-against its floor: max(bytes that must move / measured copy bandwidth, FMAs / measured fp32 FMA
-rate). The end-to-end training step of the full ``hg-5s`` model with each implementation is in
-``dynconv_bench_step``.
+``triton.testing.do_bench`` (CUDA events, the L2 cache flushed before every repeat, median), and the
+key case's forward+backward also replayed as a CUDA graph (``do_bench_cudagraph``: no host overhead).
+Each case is set against its floor: max(bytes that must move / measured copy bandwidth, FMAs /
+measured fp32 FMA rate). The Triton columns fail, rather than quietly time the grouped fallback,
+when the kernels cannot take a case. The end-to-end training step of the full ``hg-5s`` model with
+each implementation is in ``dynconv_bench_step``.
 """
 
 from __future__ import annotations
 
 import json
 import platform
-import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,29 +71,32 @@ def grid(quick: bool) -> list[Case]:
     ]
 
 
+@dataclass(frozen=True)
 class Timer:
-    """Median time of a CUDA region, with the L2 cache flushed (overwritten) before each repeat."""
+    """Median milliseconds of a CUDA region: ``triton.testing.do_bench`` (L2 flushed before each repeat)."""
 
-    def __init__(self, repeats: int) -> None:
-        l2 = torch.cuda.get_device_properties(0).L2_cache_size
-        self.flush_buffer = torch.empty(max(4 * l2, 256 << 20) // 4, dtype=torch.float32, device=DEVICE)
-        self.repeats = repeats
+    warmup_ms: int = 25
+    rep_ms: int = 100
 
-    def median_ms(self, fn: Callable[[], object], warmup: int = 2) -> float:
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        events = [
-            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            for _ in range(self.repeats)
-        ]
-        for start, end in events:
-            self.flush_buffer.zero_()  # also gives the CPU a head start over the GPU: no launch gaps
-            start.record()
-            fn()
-            end.record()
-        torch.cuda.synchronize()
-        return statistics.median(start.elapsed_time(end) for start, end in events)
+    def median_ms(self, fn: Callable[[], object]) -> float:
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=self.warmup_ms, rep=self.rep_ms, return_mode="median"))
+
+    def graph_ms(self, fn: Callable[[], object]) -> float:
+        """Median of ``fn`` captured in a CUDA graph and replayed: the GPU time without launch overhead."""
+        from triton.testing import do_bench_cudagraph
+
+        return float(do_bench_cudagraph(fn, rep=self.rep_ms // 4, return_mode="median"))
+
+
+def require_triton(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """MulaError unless the Triton kernels take these tensors: a Triton column must never time the fallback."""
+    from mula_cli.ops import dynconv_op
+
+    reason = dynconv_op.triton_unsupported_reason(x, weight.shape[-1], weight)
+    if reason is not None:
+        raise MulaError(f"the benchmark's Triton columns cannot run: {reason}")
 
 
 def copy_bandwidth(timer: Timer) -> float:
@@ -124,6 +128,8 @@ def _implementations(case: Case) -> dict[str, dict[str, Callable]]:
     weight = torch.randn(b, c, k, k, device=DEVICE, dtype=dtype) / k
     grad = torch.randn_like(x)
     cl = torch.channels_last
+    require_triton(x, weight)
+    require_triton(x.contiguous(memory_format=cl), weight)
 
     def folded(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(1, b * c, s, s).contiguous(memory_format=cl)
@@ -152,6 +158,7 @@ def _max_rel_err(case: Case) -> float:
     dtype, k = DTYPES[case.dtype], case.kernel
     x = torch.randn(2, case.channels, case.size, case.size, device=DEVICE, dtype=dtype, requires_grad=True)
     weight = torch.randn(2, case.channels, k, k, device=DEVICE, dtype=dtype, requires_grad=True)
+    require_triton(x, weight)
     grad = torch.randn_like(x)
     out = dynconv_op.dynconv_forward(x, weight)
     got = (out, *torch.autograd.grad(out, (x, weight), grad))
@@ -162,10 +169,11 @@ def _max_rel_err(case: Case) -> float:
 
 
 def measure_case(case: Case, timer: Timer, bandwidth: float, fma_rate: float) -> dict:
-    ms = {
-        name: {p: timer.median_ms(fn) for p, fn in passes.items()}
-        for name, passes in _implementations(case).items()
-    }
+    implementations = _implementations(case)
+    ms = {name: {p: timer.median_ms(fn) for p, fn in passes.items()} for name, passes in implementations.items()}
+    graph_ms = None
+    if (case.batch, case.channels, case.size, case.kernel) == KEY_CASE:  # host overhead: eager vs replayed
+        graph_ms = {name: timer.graph_ms(implementations[name]["forward_backward"]) for name in ("triton", "grouped")}
     floor_ms = {p: 1e3 * max(case.bytes_moved()[p] / bandwidth, case.fmas()[p] / fma_rate) for p in PASSES}
     torch.cuda.empty_cache()
     return {
@@ -181,6 +189,7 @@ def measure_case(case: Case, timer: Timer, bandwidth: float, fma_rate: float) ->
         "triton_x_floor": {p: ms["triton"][p] / floor_ms[p] for p in PASSES},
         "triton_cl_x_floor": {p: ms["triton_cl"][p] / floor_ms[p] for p in PASSES},
         "max_rel_err": _max_rel_err(case),
+        "forward_backward_cuda_graph_ms": graph_ms,
     }
 
 
@@ -294,7 +303,7 @@ def run(
     from fma_probe import measure_fma_rate
 
     props = torch.cuda.get_device_properties(0)
-    timer = Timer(repeats=10 if quick else 20)
+    timer = Timer(warmup_ms=10, rep_ms=40) if quick else Timer()
     bandwidth = copy_bandwidth(timer)
     fma_rate = measure_fma_rate()
     clock_khz = getattr(props, "clock_rate", None)
@@ -318,7 +327,8 @@ def run(
             if clock_khz
             else None,
         },
-        "method": "CUDA events, median of repeats, L2 flushed before each; floor = max(bytes/copy bandwidth, "
+        "method": "triton.testing.do_bench (CUDA events, median of repeats, L2 flushed before each); the key "
+        "case's forward+backward also as a replayed CUDA graph (do_bench_cudagraph); floor = max(bytes/copy bandwidth, "
         "FMAs/fp32 FMA rate) with bytes = every input read and output written once (forward+backward: "
         "x, y, dy, dx and the kernels), FMAs = B*C*H*W*h*h per pass (three passes); the kernels "
         "accumulate in fp32 for bf16 too, so the fp32 rate applies; grouped_cl = the folded (1, B*C, H, W) "

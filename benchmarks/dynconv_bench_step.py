@@ -7,7 +7,6 @@ adapted stage; ``op_share`` sets the step's measured saving against what those c
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import torch
@@ -19,15 +18,14 @@ from mula_cli.errors import MulaError
 
 @contextlib.contextmanager
 def dispatch_mode(mode: str) -> Iterator[None]:
-    before = os.environ.get("MULA_DYNCONV")
-    os.environ["MULA_DYNCONV"] = mode
+    """Run with ``MULA_DYNCONV=mode`` (``triton`` fails instead of falling back), then as before."""
+    from mula_cli.ops import dynconv
+
+    dynconv.set_dispatch_mode(mode)
     try:
         yield
     finally:
-        if before is None:
-            del os.environ["MULA_DYNCONV"]
-        else:
-            os.environ["MULA_DYNCONV"] = before
+        dynconv.set_dispatch_mode()
 
 
 def train_step(preset: str = "hg-5s", batch: int = 16, size: int = 256, steps: int = 10) -> dict:
@@ -66,7 +64,7 @@ def train_step(preset: str = "hg-5s", batch: int = 16, size: int = 256, steps: i
         total.backward()
         optimizer.step()
 
-    timer = dynconv_bench.Timer(repeats=steps)
+    timer = dynconv_bench.Timer(warmup_ms=3 * 300, rep_ms=steps * 300)  # a step is ~0.2-0.3 s
     result = {
         "preset": preset,
         "batch": batch,
@@ -81,7 +79,7 @@ def train_step(preset: str = "hg-5s", batch: int = 16, size: int = 256, steps: i
             try:
                 with dispatch_mode(mode):
                     result["ms"][mode][precision] = timer.median_ms(
-                        lambda bf16=(precision == "bf16_autocast"): step(bf16), warmup=3
+                        lambda bf16=(precision == "bf16_autocast"): step(bf16)
                     )
             except (MulaError, RuntimeError, ValueError) as exc:  # record it, measure the rest
                 result.setdefault("errors", {})[f"{mode}/{precision}"] = f"{type(exc).__name__}: {exc}"

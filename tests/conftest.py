@@ -16,6 +16,9 @@ def isolated_mula_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     home = tmp_path_factory.mktemp("mula_home")
     monkeypatch.setenv("MULA_HOME", str(home))
     monkeypatch.delenv("MULA_DYNCONV", raising=False)
+    dynconv = sys.modules.get("mula_cli.ops.dynconv")
+    if dynconv is not None:  # it reads MULA_DYNCONV once: forget what an earlier test set
+        dynconv.set_dispatch_mode()
     return home
 
 

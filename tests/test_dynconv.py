@@ -9,18 +9,21 @@ compiled kernels on a GPU and are skipped elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import subprocess
 import sys
+import types
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mula_cli.errors import MulaError
-from mula_cli.ops import dynamic_depthwise_conv2d, dynamic_depthwise_conv2d_grouped, dynconv_op
+from mula_cli.ops import dynamic_depthwise_conv2d, dynamic_depthwise_conv2d_grouped, dynconv, dynconv_op
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(
@@ -38,6 +41,12 @@ needs_cuda = pytest.mark.skipif(
 # Relative error bounds against the fp64 reference: fp32 accumulation everywhere, so the inputs'
 # rounding dominates for the 16-bit types (fp16 has 3 more mantissa bits than bf16).
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def _use_mode(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """Set MULA_DYNCONV and have the dispatch read it again (it reads it once)."""
+    monkeypatch.setenv("MULA_DYNCONV", mode)
+    dynconv.set_dispatch_mode()
 
 
 def _loop_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -98,7 +107,7 @@ def _inputs(shape, kernel_size, dtype, channels_last=False, device="cpu", seed=0
 
 
 def test_invalid_mode_names_the_variable_and_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MULA_DYNCONV", "fastest")
+    _use_mode(monkeypatch, "fastest")
     x, weight, _ = _inputs((1, 2, 5, 5), 3, torch.float32)
     with pytest.raises(MulaError, match=r"MULA_DYNCONV='fastest'.*auto, triton, grouped"):
         dynamic_depthwise_conv2d(x, weight)
@@ -106,7 +115,7 @@ def test_invalid_mode_names_the_variable_and_the_choices(monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("mode", ["", "auto", "grouped", "GROUPED"])
 def test_cpu_tensors_take_the_grouped_convolution(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
-    monkeypatch.setenv("MULA_DYNCONV", mode)
+    _use_mode(monkeypatch, mode)
     monkeypatch.setattr(dynconv_op, "dynconv_forward", _fail_if_called)
     x, weight, _ = _inputs((2, 3, 6, 7), 3, torch.float32)
     assert torch.equal(dynamic_depthwise_conv2d(x, weight), dynamic_depthwise_conv2d_grouped(x, weight))
@@ -119,14 +128,14 @@ def _fail_if_called(*args):
 def test_forced_triton_without_a_device_for_it_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
     if HAS_TRITON and importlib.import_module("mula_cli.ops.dynconv_triton").INTERPRET:
         pytest.skip("TRITON_INTERPRET=1 is set for the whole run: the kernels can run on the CPU")
-    monkeypatch.setenv("MULA_DYNCONV", "triton")
+    _use_mode(monkeypatch, "triton")
     x, weight, _ = _inputs((1, 2, 5, 5), 3, torch.float32)
     with pytest.raises(MulaError, match="MULA_DYNCONV=triton"):
         dynamic_depthwise_conv2d(x, weight)
 
 
 def test_scripting_and_tracing_never_reach_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MULA_DYNCONV", "triton")
+    _use_mode(monkeypatch, "triton")
     monkeypatch.setattr(dynconv_op, "dynconv_forward", _fail_if_called)
 
     class Adapt(torch.nn.Module):
@@ -150,9 +159,143 @@ def test_operator_without_triton_falls_back_to_the_grouped_convolution() -> None
     _check_against_references(x, weight, grad, out, gx, gw)
 
 
+def test_the_mode_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    _use_mode(monkeypatch, "grouped")
+    x, weight, _ = _inputs((1, 2, 5, 5), 3, torch.float32)
+    monkeypatch.setenv("MULA_DYNCONV", "fastest")  # changed after it was read: not looked at again
+    dynamic_depthwise_conv2d(x, weight)
+    dynconv.set_dispatch_mode()  # read it again
+    with pytest.raises(MulaError, match="fastest"):
+        dynamic_depthwise_conv2d(x, weight)
+
+
+def test_a_one_dimensional_input_gets_the_shape_message() -> None:
+    with pytest.raises(ValueError, match=r"expected x \(B, C, H, W\)"):
+        dynconv_op.dynconv_forward(torch.randn(5), torch.randn(1, 1, 3, 3))
+
+
+class _InjectedKernels:
+    """Stand-ins for the three Triton operators that count their calls; ``broken`` says how they fail.
+
+    CPU tensors are sent down the Triton path, so ``MULA_DYNCONV=auto``'s check runs without a GPU.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, broken: str | None = None) -> None:
+        self.forward_calls = 0
+        monkeypatch.setattr(dynconv, "auto_takes", lambda x: True)
+        monkeypatch.setattr(dynconv_op, "triton_unsupported_reason", lambda *args: None)
+        scale = {part: 1.01 if broken == part else 1.0 for part in ("forward", "input", "weight")}
+
+        def forward(x, weight):
+            self.forward_calls += 1
+            if broken == "compile":
+                raise RuntimeError("CompilationError: at 12:8: unsupported tuple in loop")
+            return dynamic_depthwise_conv2d_grouped(x, weight) * scale["forward"]
+
+        monkeypatch.setattr(dynconv_op, "dynconv_forward", forward)
+        monkeypatch.setattr(dynconv_op, "dynconv_input_grad",
+                            lambda g, w: dynamic_depthwise_conv2d_grouped(g, w.flip(-2, -1)) * scale["input"])
+        monkeypatch.setattr(dynconv_op, "dynconv_weight_grad",
+                            lambda g, x, k: dynconv_op._grouped_weight_grad(g, x, k) * scale["weight"])
+
+
+def test_auto_checks_each_case_once_and_then_uses_a_good_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernels = _InjectedKernels(monkeypatch)
+    x, weight, _ = _inputs((2, 3, 6, 7), 3, torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dynconv.TritonFallbackWarning)  # a good kernel: no warning
+        dynamic_depthwise_conv2d(x, weight)
+        assert kernels.forward_calls == 2  # the check, then the call itself
+        dynamic_depthwise_conv2d(x, weight)
+        assert kernels.forward_calls == 3  # checked once
+        dynamic_depthwise_conv2d(*_inputs((2, 3, 6, 7), 5, torch.float32)[:2])
+        assert kernels.forward_calls == 5  # another kernel size is another case
+
+
+@pytest.mark.parametrize("broken,cause", [("compile", "CompilationError: at 12:8"),
+                                          ("forward", "its forward differs"),
+                                          ("input", "its input gradient differs"),
+                                          ("weight", "its weight gradient differs")])
+def test_auto_falls_back_with_one_warning_when_the_kernels_fail(monkeypatch: pytest.MonkeyPatch, broken: str,
+                                                                 cause: str) -> None:
+    kernels = _InjectedKernels(monkeypatch, broken)
+    x, weight, _ = _inputs((2, 3, 6, 7), 3, torch.float32)
+    with pytest.warns(dynconv.TritonFallbackWarning, match=rf"3x3 contiguous torch.float32 on cpu \(\w+: {cause}"):
+        out = dynamic_depthwise_conv2d(x, weight)
+    assert torch.equal(out, dynamic_depthwise_conv2d_grouped(x, weight))
+    calls = kernels.forward_calls
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dynconv.TritonFallbackWarning)  # one warning only
+        assert torch.equal(dynamic_depthwise_conv2d(x, weight), dynamic_depthwise_conv2d_grouped(x, weight))
+    assert kernels.forward_calls == calls  # the broken path is not tried again
+
+
+def test_forced_triton_raises_the_kernels_own_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    _InjectedKernels(monkeypatch, "compile")
+    _use_mode(monkeypatch, "triton")
+    with pytest.raises(RuntimeError, match="CompilationError"):
+        dynamic_depthwise_conv2d(*_inputs((2, 3, 6, 7), 3, torch.float32)[:2])
+
+
+@needs_triton
+def test_launches_switch_to_the_tensors_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mula_cli.ops import dynconv_triton
+
+    entered = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: entered.append(device) or contextlib.nullcontext())
+    with dynconv_triton._on_device_of(types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1))):
+        pass
+    with dynconv_triton._on_device_of(torch.zeros(1)):
+        pass
+    assert entered == [torch.device("cuda", 1)]
+
+
+@needs_triton
+def test_tile_choice_is_cached_and_large_samples_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mula_cli.ops import dynconv_triton
+
+    dynconv_triton.choose_config.cache_clear()
+    first = dynconv_triton.choose_config((16, 256, 64, 64), 7, False)
+    assert dynconv_triton.choose_config((16, 256, 64, 64), 7, False) is first
+    assert dynconv_triton.choose_config.cache_info().hits == 1
+    monkeypatch.setattr(dynconv_triton, "can_run", lambda t: True)  # as if on a GPU
+    huge = torch.empty(1, 2**16, 2**8, 2**7, device="meta")  # 2**31 elements in one sample
+    assert "32 bits" in dynconv_triton.unsupported_reason(huge, 3)
+    assert dynconv_triton.unsupported_reason(huge[:, :-1], 3) is None
+
+
+@needs_triton
+def test_compiled_graphs_launch_the_kernels_themselves() -> None:
+    """The operators are triton_ops: traced as torch.compile traces them, the graph holds the three
+    kernel launches, not opaque calls back into Python (traced on fake CUDA tensors: no GPU needed)."""
+    if INTERPRETING:
+        pytest.skip("the interpreter's kernels cannot be traced: there the operators are opaque")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.functional_tensor import dispatch_functionalize
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with FakeTensorMode():  # shapes, strides, devices and dtypes only
+        x = torch.empty_strided((2, 8, 16, 16), (2048, 1, 128, 8), device="cuda")  # channels_last
+        weight = torch.empty(2, 8, 7, 7, device="cuda")
+
+        def passes(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return (dynconv_op.dynconv_forward(x, weight), dynconv_op.dynconv_input_grad(x, weight),
+                    dynconv_op.dynconv_weight_grad(x, x, 7))
+
+        out, grad_x, grad_w = passes(x, weight)
+        assert out.is_contiguous(memory_format=torch.channels_last) and grad_x.stride() == x.stride()
+        assert grad_w.shape == (2, 8, 7, 7) and out.device.type == "cuda"
+    graph = make_fx(dispatch_functionalize(passes), tracing_mode="fake")(x, weight)
+    targets = [str(node.target) for node in graph.graph.nodes if node.op == "call_function"]
+    assert sum("triton_kernel_wrapper_functional" in t for t in targets) == 3, targets
+    assert not any(t.startswith("mula.") for t in targets), targets
+
+
 # ---------------------------------------------------------------- Triton kernels, interpreted on the CPU
 
 
+@pytest.mark.slow
 @needs_triton
 def test_kernels_under_the_interpreter() -> None:
     if INTERPRETING:
@@ -215,7 +358,7 @@ def test_interpreted_dispatch_honours_triton_and_autograd_matches(
     calls = []
     real = dynconv_op.dynconv_forward
     monkeypatch.setattr(dynconv_op, "dynconv_forward", lambda *args: calls.append(1) or real(*args))
-    monkeypatch.setenv("MULA_DYNCONV", "triton")
+    _use_mode(monkeypatch, "triton")
     x, weight, grad = _inputs((2, 3, 6, 5), 3, torch.float32)
     x.requires_grad_()
     weight.requires_grad_()
@@ -224,7 +367,7 @@ def test_interpreted_dispatch_honours_triton_and_autograd_matches(
     assert calls == [1]
     _check_against_references(x, weight, grad, out, gx, gw)
 
-    monkeypatch.setenv("MULA_DYNCONV", "auto")  # auto keeps CPU tensors on the grouped convolution
+    _use_mode(monkeypatch, "auto")  # auto keeps CPU tensors on the grouped convolution
     dynamic_depthwise_conv2d(x, weight)
     assert calls == [1]
 
@@ -257,7 +400,7 @@ def test_interpreted_weight_grad_is_deterministic(interpreted) -> None:
 
 @interpreted_only
 def test_interpreted_torch_compile_keeps_one_graph(interpreted, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MULA_DYNCONV", "triton")
+    _use_mode(monkeypatch, "triton")
     x, weight, grad = _inputs((1, 2, 5, 6), 3, torch.float32)
 
     def step(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -270,6 +413,62 @@ def test_interpreted_torch_compile_keeps_one_graph(interpreted, monkeypatch: pyt
     want = torch.autograd.grad(step(x, weight), (x, weight), grad)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+@interpreted_only
+def test_interpreted_auto_checks_the_real_kernels_then_compiles_with_them(
+    interpreted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dynconv, "auto_takes", lambda x: True)  # CPU tensors take the (interpreted) kernels
+    calls = []
+    real = dynconv_op.dynconv_forward
+    monkeypatch.setattr(dynconv_op, "dynconv_forward", lambda *args: calls.append(1) or real(*args))
+    x, weight, grad = _inputs((1, 2, 5, 6), 3, torch.float32)
+
+    def step(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return dynamic_depthwise_conv2d(x.relu(), weight) * 2
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dynconv.TritonFallbackWarning)  # the kernels pass the check: no fallback warning
+        compiled = torch.compile(step, backend="aot_eager")  # the check is a graph break, once
+        x.requires_grad_()
+        weight.requires_grad_()
+        got = torch.autograd.grad(compiled(x, weight), (x, weight), grad)
+    assert len(calls) >= 2 and dynconv._state.verdicts == {(3, "contiguous", torch.float32, x.device): None}
+    _use_mode(monkeypatch, "grouped")
+    want = torch.autograd.grad(step(x, weight), (x, weight), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@interpreted_only
+def test_interpreted_every_launch_is_guarded_by_the_tensors_device(interpreted, monkeypatch: pytest.MonkeyPatch) -> None:
+    guarded = []
+    real = interpreted._on_device_of
+
+    @contextlib.contextmanager
+    def recording(t):
+        with real(t):
+            guarded.append(t.device)
+            yield
+
+    monkeypatch.setattr(interpreted, "_on_device_of", recording)
+    launches = []
+    for kernel in (interpreted._rows_conv_kernel, interpreted._weight_grad_kernel):
+        monkeypatch.setattr(kernel, "run", _counting(kernel.run, launches, guarded))
+    x, weight, grad = _inputs((1, 2, 5, 6), 3, torch.float32)
+    interpreted.forward(x, weight)
+    interpreted.input_grad(grad, weight)
+    interpreted.weight_grad(grad, x, 3)
+    assert launches == [1, 2, 3]  # each launch ran inside its own guard
+
+
+def _counting(run, launches: list, guarded: list):
+    def counted(*args, **kwargs):
+        launches.append(len(guarded))
+        return run(*args, **kwargs)
+
+    return counted
 
 
 # ---------------------------------------------------------------- compiled kernels on a GPU
@@ -324,7 +523,7 @@ def test_cuda_auto_dispatch_uses_the_operator_and_is_deterministic(monkeypatch: 
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_torch_compile_and_graph_capture(monkeypatch: pytest.MonkeyPatch, dtype) -> None:
-    monkeypatch.setenv("MULA_DYNCONV", "triton")
+    _use_mode(monkeypatch, "triton")
     x, weight, grad = _inputs((2, 16, 32, 32), 7, dtype, device="cuda")
     x.requires_grad_()
     weight.requires_grad_()

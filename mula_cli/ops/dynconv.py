@@ -5,30 +5,71 @@ Every sample ``b`` of the batch is convolved with its own depthwise kernel ``wei
 
 Which implementation runs is decided at every call of :func:`dynamic_depthwise_conv2d`: TorchScript
 scripting takes the grouped convolution, tracing and ONNX export the batch-independent shift-and-add
-form; otherwise ``MULA_DYNCONV`` (read at call time) picks: ``auto`` (default) the Triton custom
-operator (``mula_cli.ops.dynconv_op``) for CUDA tensors it supports, else the grouped convolution;
-``triton`` the operator or a MulaError saying why it cannot run (with ``TRITON_INTERPRET=1`` it runs on
-CPU tensors); ``grouped`` the grouped convolution.
+form; otherwise ``MULA_DYNCONV`` (read once, when first needed; :func:`set_dispatch_mode` changes it)
+picks:
+
+- ``auto`` (default): the Triton operator (``mula_cli.ops.dynconv_op``) for CUDA tensors it supports,
+  else the grouped convolution. The first call for each (kernel size, layout, dtype, device) checks
+  the Triton path on that call's inputs (the kernels compile, run, and their forward and both
+  gradients agree with the grouped convolution); on any failure that case falls back to the grouped
+  convolution, with one warning naming the cause. A working model never becomes a traceback.
+- ``triton``: the operator, unchecked, or a MulaError saying why it cannot run (with
+  ``TRITON_INTERPRET=1`` it runs on CPU tensors); a kernel failure is raised as it is.
+- ``grouped``: the grouped convolution.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mula_cli.errors import MulaError
+from mula_cli.ops import dynconv_op
+from mula_cli.ops._layout import kernel_memory_format
 from mula_cli.ops.dynconv_export import dynamic_depthwise_conv2d_shifted
-
-try:  # torch.library.custom_op needs torch >= 2.4; older versions always use the grouped convolution
-    from mula_cli.ops import dynconv_op
-except (ImportError, AttributeError):
-    dynconv_op = None
 
 DISPATCH_VARIABLE = "MULA_DYNCONV"
 DISPATCH_MODES = ("auto", "triton", "grouped")
+# Relative error (norm) of the Triton path against an fp64 grouped convolution that the check accepts:
+# about ten times what the kernels' tests allow (fp32 accumulation), far below what any indexing slip gives.
+CHECK_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+
+
+class TritonFallbackWarning(RuntimeWarning):
+    """``MULA_DYNCONV=auto`` found the Triton path broken for a case and uses the grouped convolution."""
+
+
+class _Dispatch:
+    """The mode, read once, and the verdict of the check for each case (None: the Triton path is good)."""
+
+    def __init__(self) -> None:
+        self.mode = os.environ.get(DISPATCH_VARIABLE, "")
+        self.verdicts: dict[tuple[int, str, torch.dtype, torch.device], str | None] = {}
+
+
+_state = _Dispatch()
+
+
+def set_dispatch_mode(mode: str | None = None) -> None:
+    """Use ``mode`` (auto, triton or grouped) from now on, or with None read ``MULA_DYNCONV`` again;
+    either way the Triton path is checked afresh."""
+    _state.mode = os.environ.get(DISPATCH_VARIABLE, "") if mode is None else mode
+    _state.verdicts.clear()
+
+
+def dispatch_mode() -> str:
+    """The dispatch mode: auto (default), triton or grouped."""
+    mode = _state.mode.strip().lower() or "auto"
+    if mode not in DISPATCH_MODES:
+        raise MulaError(
+            f"{DISPATCH_VARIABLE}={_state.mode!r} is not one of {', '.join(DISPATCH_MODES)}; "
+            "set one of those or unset it"
+        )
+    return mode
 
 
 def _check(x: Tensor, weight: Tensor) -> None:
@@ -69,27 +110,21 @@ def dynamic_depthwise_conv2d(x: Tensor, weight: Tensor) -> Tensor:
     return _dispatch(x, weight)
 
 
-def dispatch_mode() -> str:
-    """``MULA_DYNCONV`` read now: auto (default), triton or grouped."""
-    mode = os.environ.get(DISPATCH_VARIABLE, "").strip().lower() or "auto"
-    if mode not in DISPATCH_MODES:
-        raise MulaError(
-            f"{DISPATCH_VARIABLE}={os.environ[DISPATCH_VARIABLE]!r} is not one of "
-            f"{', '.join(DISPATCH_MODES)}; set one of those or unset it"
-        )
-    return mode
+def auto_takes(x: Tensor) -> bool:
+    """Whether ``auto`` tries the Triton path for ``x`` at all: CUDA tensors (never the interpreter)."""
+    return x.is_cuda
 
 
 def _dispatch(x: Tensor, weight: Tensor) -> Tensor:
-    # auto: the Triton operator for CUDA tensors it takes, else the grouped convolution (CPU tensors
-    # never import triton); triton: the operator or an error saying why it cannot run.
     mode = dispatch_mode()
-    if mode == "grouped" or (mode == "auto" and not x.is_cuda):
+    if mode == "grouped" or (mode == "auto" and not auto_takes(x)):
         return dynamic_depthwise_conv2d_grouped(x, weight)
-    if dynconv_op is None:
-        reason = "torch >= 2.4 is needed for the custom operator"
-    else:
-        reason = dynconv_op.triton_unsupported_reason(x, weight.shape[-1], weight)
+    reason = dynconv_op.triton_unsupported_reason(x, weight.shape[-1], weight)
+    if reason is None and mode == "auto":
+        key = _case(x, weight)
+        if key not in _state.verdicts:  # under torch.compile: a graph break on this first call only
+            _state.verdicts[key] = _check_triton(x, weight, key)
+        reason = _state.verdicts[key]
     if reason is None:
         return dynconv_op.dynconv_forward(x, weight)
     if mode == "auto":
@@ -98,3 +133,41 @@ def _dispatch(x: Tensor, weight: Tensor) -> Tensor:
         f"{DISPATCH_VARIABLE}=triton but the Triton kernels cannot run: {reason}; "
         f"unset {DISPATCH_VARIABLE} or set it to auto or grouped"
     )
+
+
+def _case(x: Tensor, weight: Tensor) -> tuple[int, str, torch.dtype, torch.device]:
+    layout = "channels_last" if kernel_memory_format(x) == torch.channels_last else "contiguous"
+    return int(weight.shape[-1]), layout, x.dtype, x.device
+
+
+@torch.compiler.disable
+def _check_triton(x: Tensor, weight: Tensor, key: tuple[int, str, torch.dtype, torch.device]) -> str | None:
+    """Run the Triton forward and both gradients on these inputs and compare them with an fp64 grouped
+    convolution; None when they agree, else why not (after one warning)."""
+    try:
+        with torch.no_grad():
+            x, weight = x.detach(), weight.detach()
+            k = weight.shape[-1]
+            gen = torch.Generator(device=x.device).manual_seed(0)
+            grad = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            grad = grad.contiguous(memory_format=kernel_memory_format(x))
+            got = (dynconv_op.dynconv_forward(x, weight), dynconv_op.dynconv_input_grad(grad, weight),
+                   dynconv_op.dynconv_weight_grad(grad, x, k))
+            xd, wd, gd = x.double(), weight.double(), grad.double()
+            want = (dynamic_depthwise_conv2d_grouped(xd, wd), dynamic_depthwise_conv2d_grouped(gd, wd.flip(-2, -1)),
+                    dynconv_op._grouped_weight_grad(gd, xd, k))
+            for name, g, w in zip(("forward", "input gradient", "weight gradient"), got, want):
+                error = float((g.double() - w).norm() / w.norm().clamp_min(1e-30))
+                if not error <= CHECK_TOLERANCE.get(x.dtype, 1e-4):  # NaN fails too
+                    raise ValueError(f"its {name} differs from the grouped convolution's (relative error {error:.2e})")
+    except Exception as exc:  # noqa: BLE001 - compiler, launcher and driver errors all mean: do not use it
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        k, layout, dtype, device = key
+        warnings.warn(
+            f"{DISPATCH_VARIABLE}=auto: the Triton kernels failed for {k}x{k} {layout} {dtype} on {device} "
+            f"({cause}); using the grouped convolution for it",
+            TritonFallbackWarning,
+            stacklevel=4,
+        )
+        return cause
+    return None

@@ -1,10 +1,13 @@
-"""The per-sample depthwise convolution as PyTorch custom operators, with autograd and fake kernels.
+"""The per-sample depthwise convolution as PyTorch operators, with autograd.
 
-``mula::dynamic_depthwise_conv2d(x, weight)`` and its two gradients are opaque operators to autograd,
-``torch.compile`` and CUDA graphs: the fake implementations give output shapes, dtypes and strides
-without running anything, and the autograd formulas are written with the same three operators, so
-they can be differentiated again. The implementations run the Triton kernels where they can (CUDA
-tensors, or CPU tensors under ``TRITON_INTERPRET=1``) and the grouped convolution otherwise.
+``mula::dynamic_depthwise_conv2d(x, weight)`` and its two gradients run the Triton kernels where they
+can (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``) and the grouped convolution otherwise.
+With the compiled kernels they are registered with ``torch.library.triton_op``: ``torch.compile``
+traces into them, so a compiled graph (and a CUDA graph of it) launches the kernels itself, with no
+Python per call, and the implementations run on fake tensors give output shapes, dtypes and strides.
+Without triton, and under the interpreter (whose kernels cannot run on fake tensors), they are opaque
+custom operators with fake kernels of their own. The autograd formulas are written with the same
+three operators, so they can be differentiated again.
 
 With ``g = dL/dout`` and ``p = h // 2``, the three maps are
     forward       out[y]  = sum_ij w[i, j] * x[y + (i, j) - p]
@@ -15,43 +18,37 @@ and each is linear in both arguments, which gives the derivatives of the gradien
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from mula_cli.ops._layout import kernel_memory_format
 
-def kernel_memory_format(t: Tensor) -> torch.memory_format:
-    """The layout the operators read ``t`` in and return their result in.
 
-    channels_last when ``t`` is channels_last (and not also plain contiguous), else contiguous.
-    """
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+try:
+    from mula_cli.ops import dynconv_triton as _kernels
+except ImportError:  # no triton (macOS, Windows, or not installed): the grouped convolution only
+    _kernels = None
 
 
 def triton_kernels() -> ModuleType | None:
     """The Triton kernel module, or None where triton cannot be imported."""
-    try:
-        from mula_cli.ops import dynconv_triton
-    except ImportError:
-        return None
-    return dynconv_triton
+    return _kernels
 
 
 def triton_unsupported_reason(x: Tensor, kernel_size: int, *others: Tensor) -> str | None:
     """Why the Triton kernels cannot take these tensors (None when they can)."""
-    kernels = triton_kernels()
-    if kernels is None:
-        return "triton cannot be imported (pip install triton, Linux only)"
-    return kernels.unsupported_reason(x, kernel_size, *others)
+    if _kernels is None:
+        return "triton cannot be imported (pip install 'triton>=3.2', Linux only)"
+    return _kernels.unsupported_reason(x, kernel_size, *others)
 
 
 def _check_shapes(x: Tensor, weight_shape: tuple[int, ...], *same_as_x: Tensor) -> None:
-    b, c = x.shape[:2]
-    k = weight_shape[-1]
-    if x.dim() != 4 or tuple(weight_shape) != (b, c, k, k) or k % 2 == 0:
+    k = weight_shape[-1] if len(weight_shape) else 0
+    if x.dim() != 4 or tuple(weight_shape) != (x.shape[0], x.shape[1], k, k) or k % 2 == 0:
         raise ValueError(
             f"expected x (B, C, H, W) and weight (B, C, h, h) with odd h, got {tuple(x.shape)} and "
             f"{tuple(weight_shape)}"
@@ -62,10 +59,10 @@ def _check_shapes(x: Tensor, weight_shape: tuple[int, ...], *same_as_x: Tensor) 
 
 
 def _grouped_conv(src: Tensor, weight: Tensor) -> Tensor:
-    # Imported here: dynconv imports this module to dispatch.
-    from mula_cli.ops.dynconv import dynamic_depthwise_conv2d_grouped
-
-    return dynamic_depthwise_conv2d_grouped(src, weight).contiguous(memory_format=kernel_memory_format(src))
+    b, c, h, w = src.shape
+    k = weight.shape[-1]
+    out = F.conv2d(src.reshape(1, b * c, h, w), weight.reshape(b * c, 1, k, k), padding=k // 2, groups=b * c)
+    return out.reshape(b, c, h, w).contiguous(memory_format=kernel_memory_format(src))
 
 
 def _grouped_weight_grad(grad_out: Tensor, x: Tensor, kernel_size: int) -> Tensor:
@@ -81,49 +78,57 @@ def _grouped_weight_grad(grad_out: Tensor, x: Tensor, kernel_size: int) -> Tenso
     return gw.reshape(b, c, k, k)
 
 
-@torch.library.custom_op("mula::dynamic_depthwise_conv2d", mutates_args=())
-def dynconv_forward(x: Tensor, weight: Tensor) -> Tensor:
-    """Per-sample depthwise convolution, 'same' padding, no bias (see the module docstring)."""
-    _check_shapes(x, weight.shape)
-    if triton_unsupported_reason(x, weight.shape[-1], weight) is None:
-        return triton_kernels().forward(x, weight)
-    return _grouped_conv(x, weight)
+TRACEABLE = _kernels is not None and not _kernels.INTERPRET
 
 
-@dynconv_forward.register_fake
-def _(x: Tensor, weight: Tensor) -> Tensor:
+def _operator(name: str, fake: Callable[..., Tensor]) -> Callable[[Callable[..., Tensor]], torch.library.CustomOpDef]:
+    """Register an implementation as ``mula::<name>``: a triton_op with the compiled kernels (it is its
+    own fake kernel: only shapes, layouts, devices and dtypes may steer it), else a custom_op."""
+    def register(fn: Callable[..., Tensor]) -> torch.library.CustomOpDef:
+        if TRACEABLE:
+            return torch.library.triton_op(f"mula::{name}", fn, mutates_args=())
+        op = torch.library.custom_op(f"mula::{name}", fn, mutates_args=())
+        op.register_fake(fake)
+        return op
+
+    return register
+
+
+def _fake_like(x: Tensor, weight: Tensor) -> Tensor:
     _check_shapes(x, weight.shape)
     return torch.empty_like(x, memory_format=kernel_memory_format(x))
 
 
-@torch.library.custom_op("mula::dynamic_depthwise_conv2d_input_grad", mutates_args=())
+def _fake_weight_grad(grad_out: Tensor, x: Tensor, kernel_size: int) -> Tensor:
+    _check_shapes(x, (*x.shape[:2], kernel_size, kernel_size), grad_out)
+    return x.new_empty(x.shape[0], x.shape[1], kernel_size, kernel_size)
+
+
+@_operator("dynamic_depthwise_conv2d", _fake_like)
+def dynconv_forward(x: Tensor, weight: Tensor) -> Tensor:
+    """Per-sample depthwise convolution, 'same' padding, no bias (see the module docstring)."""
+    _check_shapes(x, weight.shape)
+    if triton_unsupported_reason(x, weight.shape[-1], weight) is None:
+        return _kernels.forward(x, weight)
+    return _grouped_conv(x, weight)
+
+
+@_operator("dynamic_depthwise_conv2d_input_grad", _fake_like)
 def dynconv_input_grad(grad_out: Tensor, weight: Tensor) -> Tensor:
     """Gradient of the forward with respect to x."""
     _check_shapes(grad_out, weight.shape)
     if triton_unsupported_reason(grad_out, weight.shape[-1], weight) is None:
-        return triton_kernels().input_grad(grad_out, weight)
+        return _kernels.input_grad(grad_out, weight)
     return _grouped_conv(grad_out, weight.flip(-2, -1))
 
 
-@dynconv_input_grad.register_fake
-def _(grad_out: Tensor, weight: Tensor) -> Tensor:
-    _check_shapes(grad_out, weight.shape)
-    return torch.empty_like(grad_out, memory_format=kernel_memory_format(grad_out))
-
-
-@torch.library.custom_op("mula::dynamic_depthwise_conv2d_weight_grad", mutates_args=())
+@_operator("dynamic_depthwise_conv2d_weight_grad", _fake_weight_grad)
 def dynconv_weight_grad(grad_out: Tensor, x: Tensor, kernel_size: int) -> Tensor:
     """Gradient of the forward with respect to the per-sample kernels, (B, C, h, h)."""
     _check_shapes(x, (*x.shape[:2], kernel_size, kernel_size), grad_out)
     if triton_unsupported_reason(x, kernel_size, grad_out) is None:
-        return triton_kernels().weight_grad(grad_out, x, kernel_size)
+        return _kernels.weight_grad(grad_out, x, kernel_size)
     return _grouped_weight_grad(grad_out, x, kernel_size)
-
-
-@dynconv_weight_grad.register_fake
-def _(grad_out: Tensor, x: Tensor, kernel_size: int) -> Tensor:
-    _check_shapes(x, (*x.shape[:2], kernel_size, kernel_size), grad_out)
-    return x.new_empty(x.shape[0], x.shape[1], kernel_size, kernel_size)
 
 
 def _save_both(ctx, inputs, output) -> None:

@@ -39,15 +39,19 @@ timing; it also accepts code the compiler rejects, so compile the kernels for a 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.library import wrap_triton
 
-from mula_cli.ops.dynconv_op import kernel_memory_format
+from mula_cli.ops._layout import in_layout, kernel_memory_format
 
 # Decided when the kernels are decorated: Triton reads TRITON_INTERPRET at that moment too.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
@@ -124,8 +128,9 @@ def _rows_conv_kernel(
     n_cblocks, n_bands, n_ctiles,
     K: tl.constexpr, FLIP: tl.constexpr, CHANNELS_LAST: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, PREFETCH: tl.constexpr,
-    ACC: tl.constexpr,
+    FP64: tl.constexpr,
 ):
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32  # fp32 accumulation for every narrower dtype
     P: tl.constexpr = K // 2
     _tile, b, chan_ids, chans, cols, y0, y0s = _tile_setup(
         tl.program_id(0), C, n_cblocks, n_bands, n_ctiles, CHANNELS_LAST, BLOCK_H, BLOCK_C, BLOCK_W)
@@ -193,8 +198,9 @@ def _weight_grad_kernel(
     n_cblocks, n_bands, n_ctiles,
     K: tl.constexpr, CHANNELS_LAST: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, PREFETCH: tl.constexpr,
-    ACC: tl.constexpr,
+    FP64: tl.constexpr,
 ):
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32  # fp32 accumulation for every narrower dtype
     P: tl.constexpr = K // 2
     tile, b, chan_ids, chans, cols, y0, y0s = _tile_setup(
         tl.program_id(0), C, n_cblocks, n_bands, n_ctiles, CHANNELS_LAST, BLOCK_H, BLOCK_C, BLOCK_W)
@@ -244,13 +250,6 @@ def _weight_grad_kernel(
         tl.store(part_base + tap, tl.sum(accs[tap], axis=0 if CHANNELS_LAST else 1), mask=chan_ids < C)
 
 
-_TL_ACC = {torch.float64: tl.float64}
-
-
-def _acc_dtype(dtype: torch.dtype):
-    return _TL_ACC.get(dtype, tl.float32)
-
-
 def can_run(t: Tensor) -> bool:
     """Whether the kernels can run on this tensor's device (CUDA, or the CPU under the interpreter)."""
     return t.is_cuda or (INTERPRET and t.device.type == "cpu")
@@ -267,6 +266,8 @@ def unsupported_reason(x: Tensor, kernel_size: int, *others: Tensor) -> str | No
             return f"tensors differ in dtype or device ({x.dtype} on {x.device}, {t.dtype} on {t.device})"
     if kernel_size % 2 == 0 or not 1 <= kernel_size <= MAX_KERNEL_SIZE:
         return f"kernel size {kernel_size} is not odd and at most {MAX_KERNEL_SIZE}"
+    if x.dim() == 4 and x.shape[1] * x.shape[2] * x.shape[3] >= 2**31:
+        return "a sample has 2**31 elements or more; the kernels index within a sample in 32 bits"
     return None
 
 
@@ -274,8 +275,9 @@ def _pow2_at_most(n: int, cap: int) -> int:
     return min(triton.next_power_of_2(max(n, 1)), cap)
 
 
+@functools.lru_cache(maxsize=256)
 def choose_config(shape: tuple[int, int, int, int], kernel_size: int, channels_last: bool) -> TileConfig:
-    """The tiling for a (B, C, H, W) problem.
+    """The tiling for a (B, C, H, W) problem (cached: a model asks for the same few shapes every step).
 
     One element per thread: a thread keeps the h * h weights of its channel in registers whatever
     its element count, yet two columns per thread compiled to as many instructions per FMA as one and
@@ -300,10 +302,6 @@ def choose_config(shape: tuple[int, int, int, int], kernel_size: int, channels_l
     return TileConfig(block_h, block_c, block_w, num_warps, prefetch)
 
 
-def _in_layout(t: Tensor, fmt: torch.memory_format) -> Tensor:
-    return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
-
-
 def _grid(shape: tuple[int, ...], cfg: TileConfig) -> tuple[int, int, int, int]:
     b, c, h, w = shape
     n_cblocks = triton.cdiv(c, cfg.block_c)
@@ -312,27 +310,46 @@ def _grid(shape: tuple[int, ...], cfg: TileConfig) -> tuple[int, int, int, int]:
     return b * n_cblocks * n_bands * n_ctiles, n_cblocks, n_bands, n_ctiles
 
 
+@contextlib.contextmanager
+def _on_device_of(t: Tensor) -> Iterator[None]:
+    """Launch on ``t``'s GPU and its current stream: Triton launches on the *current* device, which is
+    not the tensor's for a model on ``cuda:1`` in a process that never called ``set_device``. (Traced
+    by torch.compile, the launch is Inductor's, which guards it itself; tracing fake CUDA tensors on a
+    machine without CUDA needs no guard.)"""
+    if t.is_cuda and torch.cuda.is_available():
+        with torch.cuda.device(t.device):
+            yield
+    else:
+        yield
+
+
+def _shape(t: Tensor) -> tuple[int, int, int, int]:
+    return tuple(int(d) for d in t.shape)  # type: ignore[return-value]
+
+
 def _rows_conv(src: Tensor, weight: Tensor, flip: bool, config: TileConfig | None) -> Tensor:
     fmt = kernel_memory_format(src)
-    src = _in_layout(src, fmt)
+    src = in_layout(src, fmt)
     weight = weight.contiguous()
     out = torch.empty_like(src, memory_format=fmt)
     if out.numel() == 0:
         return out
     k = weight.shape[-1]
     cl = fmt == torch.channels_last
-    cfg = config or choose_config(tuple(src.shape), k, cl)
-    n_programs, n_cblocks, n_bands, n_ctiles = _grid(tuple(src.shape), cfg)
-    _rows_conv_kernel[(n_programs,)](
-        src, weight, out,
-        src.shape[1], src.shape[2], src.shape[3],
-        *src.stride(), *out.stride(),
-        n_cblocks, n_bands, n_ctiles,
-        K=k, FLIP=flip, CHANNELS_LAST=cl,
-        BLOCK_H=cfg.block_h, BLOCK_C=cfg.block_c, BLOCK_W=cfg.block_w, PREFETCH=cfg.prefetch,
-        ACC=_acc_dtype(src.dtype),
-        num_warps=cfg.num_warps,
-    )
+    cfg = config or choose_config(_shape(src), k, cl)
+    n_programs, n_cblocks, n_bands, n_ctiles = _grid(_shape(src), cfg)
+    # wrap_triton: under torch.compile the launch becomes part of the graph (no Python per call)
+    with _on_device_of(src):
+        wrap_triton(_rows_conv_kernel)[(n_programs,)](
+            src, weight, out,
+            src.shape[1], src.shape[2], src.shape[3],
+            *src.stride(), *out.stride(),
+            n_cblocks, n_bands, n_ctiles,
+            K=k, FLIP=flip, CHANNELS_LAST=cl,
+            BLOCK_H=cfg.block_h, BLOCK_C=cfg.block_c, BLOCK_W=cfg.block_w, PREFETCH=cfg.prefetch,
+            FP64=src.dtype == torch.float64,
+            num_warps=cfg.num_warps,
+        )
     return out
 
 
@@ -349,25 +366,26 @@ def input_grad(grad_out: Tensor, weight: Tensor, config: TileConfig | None = Non
 def weight_grad(grad_out: Tensor, x: Tensor, kernel_size: int, config: TileConfig | None = None) -> Tensor:
     """Gradient with respect to the per-sample kernels, (B, C, h, h) in the dtype of ``x``."""
     fmt = kernel_memory_format(x)
-    x = _in_layout(x, fmt)
-    grad_out = _in_layout(grad_out, fmt)
-    b, c, h, w = x.shape
+    x = in_layout(x, fmt)
+    grad_out = in_layout(grad_out, fmt)
+    b, c, h, w = _shape(x)
     k = kernel_size
     if x.numel() == 0:
         return torch.zeros(b, c, k, k, dtype=x.dtype, device=x.device)
     cl = fmt == torch.channels_last
-    cfg = config or choose_config(tuple(x.shape), k, cl)
-    n_programs, n_cblocks, n_bands, n_ctiles = _grid(tuple(x.shape), cfg)
+    cfg = config or choose_config(_shape(x), k, cl)
+    n_programs, n_cblocks, n_bands, n_ctiles = _grid(_shape(x), cfg)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     partials = torch.empty(b, c, n_bands * n_ctiles, k * k, dtype=acc_dtype, device=x.device)
-    _weight_grad_kernel[(n_programs,)](
-        grad_out, x, partials,
-        c, h, w,
-        *grad_out.stride(), *x.stride(),
-        n_cblocks, n_bands, n_ctiles,
-        K=k, CHANNELS_LAST=cl,
-        BLOCK_H=cfg.block_h, BLOCK_C=cfg.block_c, BLOCK_W=cfg.block_w, PREFETCH=cfg.prefetch,
-        ACC=_acc_dtype(x.dtype),
-        num_warps=cfg.num_warps,
-    )
+    with _on_device_of(x):
+        wrap_triton(_weight_grad_kernel)[(n_programs,)](
+            grad_out, x, partials,
+            c, h, w,
+            *grad_out.stride(), *x.stride(),
+            n_cblocks, n_bands, n_ctiles,
+            K=k, CHANNELS_LAST=cl,
+            BLOCK_H=cfg.block_h, BLOCK_C=cfg.block_c, BLOCK_W=cfg.block_w, PREFETCH=cfg.prefetch,
+            FP64=x.dtype == torch.float64,
+            num_warps=cfg.num_warps,
+        )
     return partials.sum(dim=2).to(x.dtype).reshape(b, c, k, k)
