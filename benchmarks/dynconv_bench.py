@@ -348,7 +348,7 @@ def run(
     report["targets"] = targets(report["cases"])
     report["kernels"] = kernel_resources()
     save(report)
-    if sweep and not quick:
+    if sweep:
         report["tile_sweep"] = sweep_tiles(timer)
         save(report)
     if train:

@@ -7,7 +7,7 @@ max(byte floor, FMA floor) from the card's measured copy bandwidth and fp32 FMA 
 shapes for B=16, C=256, 64x64, 7x7; the compiler's register/spill report; the hg-5s training step
 with each implementation. Prints a table and saves ``benchmarks/results/dynconv_<card>.json``.
 
-    python benchmarks/dynconv_cuda.py [--quick] [--no-sweep] [--no-train] [--out PATH]
+    python benchmarks/dynconv_cuda.py [--quick] [--sweep | --no-sweep] [--no-train] [--out PATH]
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only B=16, C=256, 64x64; fewer repeats")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the tile sweep")
+    parser.add_argument("--sweep", dest="sweep", action="store_true", help="time the tile sweep (default: not with --quick)")
+    parser.set_defaults(sweep=None)
     parser.add_argument("--no-train", dest="train", action="store_false", help="skip the hg-5s training step")
     parser.add_argument(
         "--out", type=Path, help="JSON path (default: benchmarks/results/dynconv_<card>.json)"
@@ -40,7 +42,7 @@ def main() -> int:
     try:
         report = dynconv_bench.run(
             quick=args.quick,
-            sweep=args.sweep,
+            sweep=not args.quick if args.sweep is None else args.sweep,
             train=args.train,
             save=save,
             log=lambda line: print(line, file=sys.stderr, flush=True),

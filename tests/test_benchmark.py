@@ -65,3 +65,14 @@ def test_op_share_adds_the_calls_of_a_training_step(bench) -> None:
 
 def test_default_output_names_the_card(bench) -> None:
     assert bench.default_output({"device": {"name": "NVIDIA H200 (141 GB)"}}).name == "dynconv_nvidia_h200__141_gb.json"
+
+
+@pytest.mark.parametrize("flags,sweep", [([], True), (["--quick"], False), (["--quick", "--sweep"], True),
+                                         (["--no-sweep"], False)])
+def test_sweep_is_honoured_with_quick(bench, monkeypatch: pytest.MonkeyPatch, tmp_path, flags, sweep) -> None:
+    seen = {}
+    monkeypatch.setattr(bench, "run", lambda **kwargs: seen.update(kwargs) or {"device": {"name": "x"}})
+    monkeypatch.setattr(bench, "print_summary", lambda report: None)
+    result = run_cli("benchmark", "dynconv", *flags, "--out", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    assert seen["sweep"] is sweep and seen["quick"] is ("--quick" in flags)

@@ -113,6 +113,7 @@ def test_torchrun_two_ranks_reduce_metrics_like_one_process(cache: Path, tmp_pat
     rank_logs = {p.parent.name: p.read_text() for p in logs.rglob("stdout.log")}
     assert set(rank_logs) == {"0", "1"}  # both ranks ran
     assert "run directory" in rank_logs["0"] and rank_logs["1"].strip() == ""  # only rank 0 speaks
+    assert "consider --sync-bn" in next(logs.rglob("0/stderr.log")).read_text()  # 1 image per process
     runs = list((tmp_path / "runs").iterdir())
     assert [r.name for r in runs] == ["exp"]  # only rank 0 made a run directory
     best = runs[0] / "weights" / "best.pt"

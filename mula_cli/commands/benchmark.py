@@ -46,7 +46,9 @@ def dynconv(
     quick: bool = typer.Option(
         False, "--quick", help="Only B=16, C=256, 64x64 (3x3 and 7x7); fewer repeats."
     ),
-    sweep: bool = typer.Option(True, "--sweep/--no-sweep", help="Also time other tilings of the key case."),
+    sweep: Optional[bool] = typer.Option(
+        None, "--sweep/--no-sweep", help="Also time other tilings of the key case. Default: on, off with --quick."
+    ),
     train: bool = typer.Option(True, "--train/--no-train", help="Also time the hg-5s training step."),
 ) -> None:
     """Time the per-sample depthwise convolution (Triton vs grouped convolution) against the card's floors."""
@@ -59,7 +61,7 @@ def dynconv(
         write_json(out or bench.default_output(report), report, indent=1)
 
     report = bench.run(
-        quick=quick, sweep=sweep, train=train, save=save, log=lambda line: err.print(line, highlight=False)
+        quick=quick, sweep=not quick if sweep is None else sweep, train=train, save=save, log=lambda line: err.print(line, highlight=False)
     )
     bench.print_summary(report)
     err.print(f"wrote {out or bench.default_output(report)}")

@@ -163,6 +163,9 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
         model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and world.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif world.distributed and batch < 8 and world.is_main:  # BatchNorm statistics of a handful of images
+        err.print(f"[yellow]each of the {world.size} processes normalises over {batch} images; consider "
+                  "--sync-bn[/]")
     optimizer = torch.optim.RMSprop(model.parameters(), lr=cfg.base_lr(mcfg.encoder), alpha=0.99, eps=1e-8)
     amp_dtype = resolve_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
