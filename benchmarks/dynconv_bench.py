@@ -300,6 +300,7 @@ def run(
             "is False)"
         )
     import triton
+
     from fma_probe import measure_fma_rate
 
     props = torch.cuda.get_device_properties(0)

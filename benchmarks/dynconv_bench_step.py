@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import torch
 
-import dynconv_bench
-
 from mula_cli.errors import MulaError
+
+import dynconv_bench
 
 
 @contextlib.contextmanager

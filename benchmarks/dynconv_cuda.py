@@ -16,10 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import dynconv_bench
-
 from mula_cli.errors import MulaError
 from mula_cli.files import write_json
+
+import dynconv_bench
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

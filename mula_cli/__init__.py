@@ -5,7 +5,7 @@ The Python API is :class:`Predictor` (imported on first use, so the CLI starts w
 
 __version__ = "0.1.0"
 
-__all__ = ["Predictor", "Prediction", "__version__"]
+__all__ = ["Prediction", "Predictor", "__version__"]
 
 
 def __getattr__(name: str):

@@ -11,7 +11,6 @@ from typer.core import TyperGroup
 from mula_cli import __version__
 from mula_cli.errors import MulaError
 
-
 # Options whose value may be left out, and what they mean then (click has no optional values).
 _OPTIONAL_VALUES = {"--resume": "last"}
 
@@ -79,7 +78,8 @@ def _register() -> None:
     app.command("export")(export.export)
     app.command("demo")(demo.demo)
     app.command("info")(info.info)
-    from mula_cli.commands import import_official, models as models_cmd
+    from mula_cli.commands import import_official
+    from mula_cli.commands import models as models_cmd
 
     app.command("models")(models_cmd.models)
     app.command("import-official")(import_official.import_official)

@@ -54,7 +54,7 @@ class ExportedModel:
             parsing = torch.nn.functional.one_hot(parsing.long(), self.config.num_classes).permute(0, 3, 1, 2)
         return MulaOutput([heat.float()], [parsing.float()])
 
-    def eval(self) -> "ExportedModel":
+    def eval(self) -> ExportedModel:
         return self
 
 

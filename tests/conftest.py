@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def single_thread():
     torch.set_num_threads(before)
 
 
-def run_cli(*args: str) -> "object":
+def run_cli(*args: str) -> object:
     """Run ``mula ARGS`` in-process with Typer's runner and return the result (exit code, output)."""
     from typer.testing import CliRunner
 

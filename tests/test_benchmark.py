@@ -33,12 +33,12 @@ def test_bytes_and_fmas_of_a_case(bench) -> None:
 
 
 def _row(bench, dtype: str, speedup: float, x_floor: float, batch: int = 16) -> dict:
-    b, c, s, k = bench.KEY_CASE
-    ms = {name: {p: 1.0 for p in bench.PASSES} for name in bench.IMPLEMENTATIONS}
-    ms["grouped"] = {p: speedup for p in bench.PASSES}
+    _, c, s, k = bench.KEY_CASE
+    ms = {name: dict.fromkeys(bench.PASSES, 1.0) for name in bench.IMPLEMENTATIONS}
+    ms["grouped"] = dict.fromkeys(bench.PASSES, speedup)
     return {"batch": batch, "channels": c, "size": s, "kernel": k, "dtype": dtype, "ms": ms,
-            "speedup_vs_grouped": {p: speedup for p in bench.PASSES},
-            "triton_x_floor": {p: x_floor for p in bench.PASSES}}
+            "speedup_vs_grouped": dict.fromkeys(bench.PASSES, speedup),
+            "triton_x_floor": dict.fromkeys(bench.PASSES, x_floor)}
 
 
 def test_targets_read_the_key_case_and_list_slower_cases(bench) -> None:

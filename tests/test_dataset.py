@@ -17,6 +17,7 @@ from mula_cli.data.prepare import prepare_dataset
 from mula_cli.data.transforms import NO_AUGMENT, AugmentConfig, apply_affine, invert_affine
 from mula_cli.heatmaps import decode_argmax
 from mula_cli.manifests import load_manifest
+
 from trees import build_lip_tree
 
 

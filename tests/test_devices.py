@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
 from mula_cli.devices import check_device_option, pick_device
 from mula_cli.errors import MulaError
+
+from conftest import run_cli
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
 from mula_cli.data.prepare import prepare_dataset
 from mula_cli.manifests import load_manifest
+
+from conftest import run_cli
 from trees import build_lip_tree
 
 
@@ -60,7 +61,7 @@ def test_evaluate_on_a_lip_folder_matches_the_cache(setup, tmp_path: Path) -> No
 
 
 def test_evaluate_options_and_errors(setup, tmp_path: Path) -> None:
-    root, cache, weights = setup
+    _, cache, weights = setup
     ms = run_cli("evaluate", weights, "--data", cache, "--flip", "--scales", "0.75,1,1.25", "--limit", "2",
                  "--workers", "0", "--save-dir", tmp_path / "ms")
     assert ms.exit_code == 0, ms.output

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from mula_cli.manifests import load_manifest
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="ONNX checks need the optional onnx and onnxruntime packages")
@@ -57,7 +56,7 @@ def test_torchscript_takes_uint8_and_labels_option(weights: Path, tmp_path: Path
     assert run_cli("export", weights, "--format", "torchscript", "--out", out, "--labels").exit_code == 0
     module = torch.jit.load(str(out))
     x = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
-    labels, heat = module(x)
+    labels, _ = module(x)
     assert labels.shape == (2, 128, 128) and labels.dtype == torch.int64
     want_parsing, _ = _eager(weights, x.float())
     assert float((labels == want_parsing.argmax(1)).float().mean()) > 0.99

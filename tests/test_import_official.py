@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 
 from mula_cli.manifests import load_manifest
 from mula_cli.model.official import detect_architecture
 from mula_cli.model.weights import load_weights
+
+from conftest import run_cli
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_checkpoint_keys.json"
 PREFIX = "module.front_end_net."

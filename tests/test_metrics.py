@@ -117,7 +117,7 @@ def test_sums_from_two_shards_equal_one_pass() -> None:
         (a if i % 2 else b).update(p, g)
     a.state += b.state  # what all_reduce does across ranks
     assert a.compute() == whole.compute()
-    with pytest.raises(ValueError, match="0.5"):
+    with pytest.raises(ValueError, match=r"0\.5"):
         PoseMetrics(LIP, thresholds=(0.1, 0.2))
 
 
@@ -145,10 +145,10 @@ def test_pose_counts_live_and_reduce_on_the_given_device(monkeypatch: pytest.Mon
 
 def test_validation_reduces_every_sum_on_the_models_device(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     import mula_cli.evaluation as evaluation
-    from trees import build_lip_tree
-
     from mula_cli.data.prepare import prepare_dataset
     from mula_cli.model.presets import build_model
+
+    from trees import build_lip_tree
 
     build_lip_tree(tmp_path / "LIP", counts={"val": 2}, seed=1)
     prepare_dataset(LIP, tmp_path / "LIP", tmp_path / "lip.h5")

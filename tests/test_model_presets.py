@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
 
 from mula_cli.errors import MulaError
 from mula_cli.manifests import load_manifest
@@ -14,6 +13,8 @@ from mula_cli.model.config import VARIANTS, MulaConfig
 from mula_cli.model.mula import model_from_config
 from mula_cli.model.presets import PRESETS, build_model, dataset_overrides, preset_config
 from mula_cli.model.summary import model_flops, summarise, uncached_model_flops
+
+from conftest import run_cli
 
 
 def test_presets_cover_the_papers_models_and_ablations() -> None:

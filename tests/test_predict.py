@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
 from mula_cli.manifests import load_manifest
+
+from conftest import run_cli
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
 from mula_cli.data.cache import CacheFile
+
+from conftest import run_cli
 from trees import build_lip_tree, build_pascal_tree, csv_row, jpeg_bytes, lip_paths, png_bytes
 
 
@@ -203,10 +204,9 @@ def test_interrupted_prepare_keeps_old_cache_and_rerun_completes(tmp_path: Path,
 
 
 def test_parallel_and_serial_decoding_give_the_same_cache_content(tmp_path: Path) -> None:
+    import mula_cli.data.prepare as prepare_module
     from mula_cli.data.prepare import prepare_dataset
     from mula_cli.manifests import load_manifest
-
-    import mula_cli.data.prepare as prepare_module
 
     build_lip_tree(tmp_path / "LIP", counts={"train": 12, "val": 3})
     fingerprints = []

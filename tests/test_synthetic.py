@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 from PIL import Image
 
 from mula_cli.data.matfile import read_person_joints_mat
@@ -28,6 +27,8 @@ from mula_cli.data.synthetic.writer import (
 )
 from mula_cli.errors import MulaError
 from mula_cli.manifests import load_manifest, manifest_from_dict
+
+from conftest import run_cli
 
 LIP = load_manifest("synthetic")
 PASCAL = load_manifest("synthetic_multi_person")
@@ -268,9 +269,9 @@ def test_left_and_right_follow_the_persons_own_side(scenes: list) -> None:
         view = "front" if abs(yaw) < 40 else "back" if abs(yaw) > 140 else None
         if view is None:
             continue
-        r, l = joints["R-shoulder"], joints["L-shoulder"]
-        if r[2] and l[2]:
-            votes[view].append(r[0] < l[0])
+        right, left = joints["R-shoulder"], joints["L-shoulder"]
+        if right[2] and left[2]:
+            votes[view].append(right[0] < left[0])
         xs_r = np.nonzero(label == _cls("Right-arm"))[1]
         xs_l = np.nonzero(label == _cls("Left-arm"))[1]
         if len(xs_r) > 20 and len(xs_l) > 20:

@@ -59,8 +59,8 @@ def demo(
 
 
 def run_demo(folder: Optional[Path], plan: DemoPlan, device: str, seed: int) -> Path:
-    from mula_cli.files import next_dir, write_json
     from mula_cli.commands.prepare import prepare_synthetic_dataset
+    from mula_cli.files import next_dir, write_json
     from mula_cli.train.config import TrainConfig
     from mula_cli.train.engine import train
 
@@ -118,9 +118,9 @@ def _score_untrained(cfg, cache: Path) -> dict[str, float]:
     import torch
 
     from mula_cli.data.cache import CacheFile
+    from mula_cli.devices import pick_device
     from mula_cli.evaluation import eval_loader, evaluate_model
     from mula_cli.model.presets import build_model
-    from mula_cli.devices import pick_device
 
     with CacheFile(cache) as c:
         manifest = c.manifest
@@ -135,9 +135,9 @@ def _score_untrained(cfg, cache: Path) -> dict[str, float]:
 
 def _score(weights: Path, cache: Path, device: str) -> dict[str, float]:
     from mula_cli.data.cache import CacheFile
+    from mula_cli.devices import pick_device
     from mula_cli.evaluation import eval_loader, evaluate_model
     from mula_cli.model.weights import load_weights
-    from mula_cli.devices import pick_device
 
     model, config, _ = load_weights(weights, map_location=pick_device(device))
     with CacheFile(cache) as c:
@@ -173,7 +173,7 @@ def _predict(root: Path, weights: Path, seed: int, device: str) -> Path:
         predict_command([str(photos / "person.jpg"), *map(str, tests)], weights=weights, out_path=None,
                         pose_path=None, vis_path=None, out_dir=target, overlays=True, flip=False, device=device,
                         batch_size=8, quiet=True)
-    except typer.Exit as exc:  # noqa: PERF203 - only raised when a file could not be read
+    except typer.Exit as exc:
         if exc.exit_code:
             raise
     return target

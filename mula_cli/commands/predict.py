@@ -114,7 +114,7 @@ def predict(
                     err.print(f"[yellow]skipped[/] {exc}", soft_wrap=True)
             if chunk:
                 results = predictor.predict_decoded(pictures)
-                for (file, stem), (img, hw), result in zip(chunk, pictures, results):
+                for (file, stem), (img, _), result in zip(chunk, pictures, results):
                     targets = _targets(folder, stem, out_path, pose_path, vis_path, overlays)
                     _write(targets, file, img, result, predictor, weights_id, save_label_png, overlay, draw_skeleton)
                     written += 1

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from mula_cli.errors import MulaError
 from mula_cli.devices import DEVICE_CHOICES
+from mula_cli.errors import MulaError
 from mula_cli.train.config import AMP_MODES, SCHEDULES, resolve_config
 
 DATA, MODEL, OPTIM, HARDWARE, OUTPUT = "Data", "Model", "Optimisation", "Hardware", "Output"
@@ -57,10 +57,11 @@ def train(
     from mula_cli.train.engine import resumed_config
     from mula_cli.train.engine import train as run_training
 
-    flags = dict(data=data, workers=workers, val_every=val_every, val_limit=val_limit, model=model, stages=stages,
-                 variant=variant, width=width, input_size=input_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                 schedule=schedule, beta=beta, seed=seed, device=device, amp=amp, sync_bn=sync_bn,
-                 compile=compile_model, deterministic=deterministic, device_augment=device_augment, project=project, name=name, log_every=log_every)
+    flags = {"data": data, "workers": workers, "val_every": val_every, "val_limit": val_limit, "model": model,
+             "stages": stages, "variant": variant, "width": width, "input_size": input_size, "epochs": epochs,
+             "batch_size": batch_size, "lr": lr, "schedule": schedule, "beta": beta, "seed": seed, "device": device,
+             "amp": amp, "sync_bn": sync_bn, "compile": compile_model, "deterministic": deterministic,
+             "device_augment": device_augment, "project": project, "name": name, "log_every": log_every}
     if resume is not None:
         path = find_last_checkpoint(Path(project or "runs/train")) if resume == "last" else Path(resume)
         given = sorted(k for k, v in flags.items() if v is not None and k not in ("epochs", "workers", "device", "project"))

@@ -128,7 +128,7 @@ class CacheWriter:
     def abort(self) -> None:
         try:
             self.file.close()
-        except Exception:  # closing a half-written file may fail; the file is deleted anyway
+        except Exception:  # noqa: BLE001, S110 - closing a half-written file may fail; it is deleted anyway
             pass
 
 
@@ -162,7 +162,7 @@ class CacheFile:
         self.splits = [s for s in ("train", "val", "test") if s in self.file] + sorted(
             s for s in self.file if s not in ("train", "val", "test"))
 
-    def __enter__(self) -> "CacheFile":
+    def __enter__(self) -> CacheFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -171,7 +171,7 @@ class CacheFile:
     def close(self) -> None:
         self.file.close()
 
-    def split(self, name: str) -> "CacheSplit":
+    def split(self, name: str) -> CacheSplit:
         if name not in self.file:
             have = ", ".join(self.splits) or "none"
             raise MulaError(f"cache {self.path} has no '{name}' split (it has: {have}); "

@@ -40,7 +40,14 @@ from torch.utils.data import Dataset
 
 from mula_cli.data.cache import CacheFile, CacheSplit
 from mula_cli.data.device_warp import crop_footprint
-from mula_cli.data.transforms import AugmentConfig, apply_affine, letterbox, train_affine, warp_image, warp_label
+from mula_cli.data.transforms import (
+    AugmentConfig,
+    apply_affine,
+    letterbox,
+    train_affine,
+    warp_image,
+    warp_label,
+)
 from mula_cli.heatmaps import encode_people_heatmaps, swap_joints, swap_labels
 
 

@@ -116,7 +116,7 @@ def _read_v5_or_v73(path: Path, num_joints: int) -> list[tuple[np.ndarray, np.nd
         variables = loadmat(str(path), squeeze_me=False, struct_as_record=True)
     except NotImplementedError:  # scipy's way of saying "this is a v7.3 (HDF5) file"
         return _read_v73(path, num_joints)
-    except Exception as exc:  # scipy raises many types for damaged files
+    except Exception as exc:  # noqa: BLE001 - scipy raises many types for damaged files
         raise MatFileError(f"not a readable MATLAB file ({type(exc).__name__}: {exc})") from None
     for name, value in variables.items():
         if name.startswith("__"):

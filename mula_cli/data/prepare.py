@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
-from typing import Callable, Iterator
 
 from mula_cli.data.cache import CacheWriter
 from mula_cli.data.layout import Issue, SplitSources, discover_split, resolve_layout

@@ -27,7 +27,6 @@ from torch import Tensor
 
 from mula_cli.ops._layout import kernel_memory_format
 
-
 try:
     from mula_cli.ops import dynconv_triton as _kernels
 except ImportError:  # no triton (macOS, Windows, or not installed): the grouped convolution only

@@ -62,7 +62,7 @@ class _StopFlag:
         self.raised = False
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         try:
             self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         except ValueError:  # not the main thread (e.g. embedded use): keep the default behaviour
@@ -124,7 +124,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, weights: Path | None 
     except RuntimeError as exc:
         if cfg.deterministic and "deterministic" in str(exc):  # an operation without a deterministic kernel
             what = re.split(r",? but you set", " ".join(str(exc).split()), maxsplit=1)[0]
-            raise MulaError(f"--deterministic: {what[:200]} in this PyTorch; train without --deterministic")
+            raise MulaError(f"--deterministic: {what[:200]} in this PyTorch; train without --deterministic") from None
         raise
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])  # as it was, for library callers

@@ -51,7 +51,7 @@ def environment() -> dict[str, Any]:
         "cuda": torch.version.cuda, "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
     }
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
                                 cwd=Path(__file__).resolve().parent)
         if commit.returncode == 0:
             env["git_commit"] = commit.stdout.strip()

@@ -197,7 +197,7 @@ def render_person(canvas: Canvas, fig: Figure, outfit: Outfit, person: int) -> R
 
     def add(key: float, parts: tuple[str, ...], paint: Callable[[], None]) -> None:
         groups.append((key, len(groups), paint))
-        part_depth.update({p: key for p in parts})
+        part_depth.update(dict.fromkeys(parts, key))
 
     torso_key = (dep["pelvis"] + dep["thorax"]) / 2
     spine = pt["thorax"] - pt["pelvis"]
