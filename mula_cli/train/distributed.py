@@ -39,6 +39,12 @@ class World:
         return self.size > 1
 
 
+def process_group_backend(device: torch.device) -> str:
+    """The process group's backends: NCCL reduces only CUDA tensors, so gloo goes beside it for any CPU
+    tensor a collective is handed; gloo alone on the CPU."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
 def setup_world(device_option: str) -> World:
     """Join the process group when started by torchrun; otherwise a world of one."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -49,11 +55,9 @@ def setup_world(device_option: str) -> World:
                         "of its LOCAL_RANK; use --device cuda or auto")
     device = pick_device(device_option, local_rank)
     if size > 1 and not dist.is_initialized():
-        # NCCL reduces only CUDA tensors; gloo beside it takes any CPU tensor a collective is handed.
-        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, rank=rank, world_size=size,
+        dist.init_process_group(backend=process_group_backend(device), rank=rank, world_size=size,
                                 **({"device_id": device} if device.type == "cuda" else {}))
     return World(rank=rank, size=size, local_rank=local_rank, device=device)
 
