@@ -53,8 +53,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines.", rich_help_panel=OUTPUT),
 ) -> None:
     """Train MuLA (defaults: the paper's recipe, Hourglass MuLA with 5 stages on LIP)."""
-    from mula_cli.train.checkpoint import load_checkpoint
-    from mula_cli.train.engine import resumed_config
+    from mula_cli.train.checkpoint import load_checkpoint, resumed_config
     from mula_cli.train.engine import train as run_training
 
     flags = {"data": data, "workers": workers, "val_every": val_every, "val_limit": val_limit, "model": model,

@@ -19,6 +19,7 @@ import torch
 
 from mula_cli.errors import MulaError
 from mula_cli.model.weights import read_weights_file, save_weights
+from mula_cli.train.config import TrainConfig, field_names
 
 
 @dataclass
@@ -101,3 +102,25 @@ def restore_training(payload: dict[str, Any], model: torch.nn.Module, optimizer:
                       running=[float(v) for v in s.get("running", [])],
                       epoch_seconds=float(s.get("epoch_seconds", 0.0)),
                       world_size=int(s["world_size"]) if s.get("world_size") is not None else None)
+
+
+def resumed_config(checkpoint: dict[str, Any], path: Path, *, epochs: int | None, workers: int | None,
+                   device: str | None) -> TrainConfig:
+    """The saved run's configuration; only the number of epochs (larger), workers and device may change."""
+    saved_options = checkpoint["extra"].get("train_config")
+    if not isinstance(saved_options, dict):
+        raise MulaError(f"{path} holds no training configuration; start a new run from it with --weights {path}")
+    unknown = sorted(set(saved_options) - set(field_names()))
+    if unknown:
+        raise MulaError(f"{path} was written by a mula with training options this version does not know "
+                        f"({', '.join(unknown)}); resume it with that version, or start a new run from its "
+                        f"weights with --weights {path}")
+    try:
+        saved = TrainConfig(**saved_options)
+    except TypeError as exc:
+        raise MulaError(f"{path} has a training configuration this mula cannot read ({exc}); start a new run "
+                        f"from its weights with --weights {path}") from None
+    if epochs is not None and epochs < saved.epochs:
+        raise MulaError(f"--epochs {epochs} is fewer than the {saved.epochs} the run in {path} was started with")
+    changes = {"epochs": epochs, "workers": workers, "device": device}
+    return TrainConfig(**{**saved.to_dict(), **{k: v for k, v in changes.items() if v is not None}})

@@ -37,7 +37,7 @@ from mula_cli.model.presets import build_model
 from mula_cli.model.weights import load_weights, save_weights
 from mula_cli.progress import make_progress
 from mula_cli.train.checkpoint import TrainState, load_checkpoint, restore_training, save_checkpoint
-from mula_cli.train.config import TrainConfig, field_names
+from mula_cli.train.config import TrainConfig
 from mula_cli.train.distributed import World, agree, broadcast_object, setup_world, shutdown_world
 from mula_cli.train.rundir import MetricsLog, environment, new_run_dir, resumed_run_dir
 from mula_cli.train.validate import Validator
@@ -88,33 +88,11 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resumed_config(checkpoint: dict[str, Any], path: Path, *, epochs: int | None, workers: int | None,
-                   device: str | None) -> TrainConfig:
-    """The saved run's configuration; only the number of epochs (larger), workers and device may change."""
-    saved_options = checkpoint["extra"].get("train_config")
-    if not isinstance(saved_options, dict):
-        raise MulaError(f"{path} holds no training configuration; start a new run from it with --weights {path}")
-    unknown = sorted(set(saved_options) - set(field_names()))
-    if unknown:
-        raise MulaError(f"{path} was written by a mula with training options this version does not know "
-                        f"({', '.join(unknown)}); resume it with that version, or start a new run from its "
-                        f"weights with --weights {path}")
-    try:
-        saved = TrainConfig(**saved_options)
-    except TypeError as exc:
-        raise MulaError(f"{path} has a training configuration this mula cannot read ({exc}); start a new run "
-                        f"from its weights with --weights {path}") from None
-    if epochs is not None and epochs < saved.epochs:
-        raise MulaError(f"--epochs {epochs} is fewer than the {saved.epochs} the run in {path} was started with")
-    changes = {"epochs": epochs, "workers": workers, "device": device}
-    return TrainConfig(**{**saved.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
-
-
 def train(cfg: TrainConfig, *, resume: Path | None = None, weights: Path | None = None,
           quiet: bool = False) -> Path:
     """Run a training run, or continue the one whose ``last.pt`` is ``resume``; returns its run directory.
 
-    When resuming, ``cfg`` must be :func:`resumed_config` of that checkpoint.
+    When resuming, ``cfg`` must be :func:`mula_cli.train.checkpoint.resumed_config` of that checkpoint.
     """
     world = setup_world(cfg.device)
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
