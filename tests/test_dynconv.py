@@ -292,6 +292,46 @@ def test_compiled_graphs_launch_the_kernels_themselves() -> None:
     assert not any(t.startswith("mula.") for t in targets), targets
 
 
+# Every constexpr combination that changes the code (kernel size, layout, dtype, the flip of the input
+# gradient), compiled by Triton for a Hopper GPU (sm_90) on this machine: no GPU is needed to compile.
+HOPPER_CASES = [  # (kernel, kernel size, channels_last, dtype, flip)
+    ("rows", 7, False, "fp32", False),
+    ("rows", 7, True, "bf16", True),
+    ("rows", 11, False, "fp16", True),
+    ("rows", 3, True, "fp64", False),
+    ("weight_grad", 7, False, "fp32", False),
+    ("weight_grad", 7, True, "bf16", False),
+    ("weight_grad", 11, True, "fp16", False),
+    ("weight_grad", 1, False, "fp64", False),
+]
+
+
+@pytest.mark.slow
+@needs_triton
+@pytest.mark.parametrize("kernel,kernel_size,channels_last,dtype,flip", HOPPER_CASES)
+def test_kernels_compile_for_hopper_without_a_gpu(kernel, kernel_size, channels_last, dtype, flip) -> None:
+    if INTERPRETING:
+        pytest.skip("under the interpreter Triton compiles nothing")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from mula_cli.ops import dynconv_triton
+
+    fn = dynconv_triton._rows_conv_kernel if kernel == "rows" else dynconv_triton._weight_grad_kernel
+    cfg = dynconv_triton.choose_config((16, 256, 64, 64), kernel_size, channels_last)
+    constants = {"K": kernel_size, "FLIP": flip, "CHANNELS_LAST": channels_last, "BLOCK_H": cfg.block_h,
+                 "BLOCK_C": cfg.block_c, "BLOCK_W": cfg.block_w, "PREFETCH": cfg.prefetch, "FP64": dtype == "fp64"}
+    constants = {name: value for name, value in constants.items() if name in fn.arg_names}
+    accumulator = "*fp64" if dtype == "fp64" else "*fp32"
+    signature = {name: "constexpr" if name in constants else (accumulator if name == "part_ptr" else f"*{dtype}")
+                 if name.endswith("_ptr") else "i32" for name in fn.arg_names}
+    source = ASTSource(fn=fn, signature=signature,
+                       constexprs={(fn.arg_names.index(name),): value for name, value in constants.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": cfg.num_warps})
+    assert "cubin" in compiled.asm and compiled.metadata.num_warps == cfg.num_warps
+
+
 # ---------------------------------------------------------------- Triton kernels, interpreted on the CPU
 
 
