@@ -173,7 +173,10 @@ def measure_case(case: Case, timer: Timer, bandwidth: float, fma_rate: float) ->
     ms = {name: {p: timer.median_ms(fn) for p, fn in passes.items()} for name, passes in implementations.items()}
     graph_ms = None
     if (case.batch, case.channels, case.size, case.kernel) == KEY_CASE:  # host overhead: eager vs replayed
-        graph_ms = {name: timer.graph_ms(implementations[name]["forward_backward"]) for name in ("triton", "grouped")}
+        try:
+            graph_ms = {name: timer.graph_ms(implementations[name]["forward_backward"]) for name in ("triton", "grouped")}
+        except Exception as exc:  # noqa: BLE001 - a capture that fails is a finding, not the end of the benchmark
+            graph_ms = {"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]}
     floor_ms = {p: 1e3 * max(case.bytes_moved()[p] / bandwidth, case.fmas()[p] / fma_rate) for p in PASSES}
     torch.cuda.empty_cache()
     return {
