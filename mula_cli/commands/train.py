@@ -9,7 +9,7 @@ import typer
 
 from mula_cli.devices import DEVICE_CHOICES
 from mula_cli.errors import MulaError
-from mula_cli.train.config import AMP_MODES, SCHEDULES, resolve_config
+from mula_cli.train.config import AMP_MODES, AUGMENT_MODES, SCHEDULES, resolve_config
 
 DATA, MODEL, OPTIM, HARDWARE, OUTPUT = "Data", "Model", "Optimisation", "Hardware", "Output"
 
@@ -24,6 +24,7 @@ def find_last_checkpoint(project: Path) -> Path:
 
 def train(
     data: Optional[str] = typer.Option(None, "--data", help="Dataset name prepared under MULA_HOME (lip, synthetic, ...) or a cache path. Default: lip.", rich_help_panel=DATA),
+    augment: Optional[str] = typer.Option(None, "--augment", help=f"Training augmentation: {'|'.join(AUGMENT_MODES)} (full: the paper's rotation, scale, shift and mirroring; flip: mirroring only; none: the person centred as in testing). Default: full.", rich_help_panel=DATA),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0, help="Data-loading processes per GPU. Default: 8.", rich_help_panel=DATA),
     val_every: Optional[int] = typer.Option(None, "--val-every", min=1, help="Validate every N epochs (and after the last). Default: 5.", rich_help_panel=DATA),
     val_limit: Optional[int] = typer.Option(None, "--val-limit", min=1, help="Validate on the first N val images only. Default: all.", rich_help_panel=DATA),
@@ -32,6 +33,7 @@ def train(
     variant: Optional[str] = typer.Option(None, "--variant", help="Interaction variant: independent, add, multi, concat, mtl, self, la-pose, la-parsing, mula.", rich_help_panel=MODEL),
     width: Optional[int] = typer.Option(None, "--width", min=8, help="Feature channels (overrides the preset; small for quick tests).", rich_help_panel=MODEL),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=64, help="Input side in pixels (multiple of 64). Default: 256.", rich_help_panel=MODEL),
+    authors_init: Optional[bool] = typer.Option(None, "--authors-init/--head-init", help="Initialise the prediction heads like every other layer (MSRA), as the authors' script does, instead of at the blank prediction (near-zero weights). Default: --head-init.", rich_help_panel=MODEL),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Start from these weights (e.g. from `mula import-official`).", rich_help_panel=MODEL),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs. Default: 250.", rich_help_panel=OPTIM),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Total batch size over all GPUs. Default: 24.", rich_help_panel=OPTIM),
@@ -56,8 +58,8 @@ def train(
     from mula_cli.train.checkpoint import load_checkpoint, resumed_config
     from mula_cli.train.engine import train as run_training
 
-    flags = {"data": data, "workers": workers, "val_every": val_every, "val_limit": val_limit, "model": model,
-             "stages": stages, "variant": variant, "width": width, "input_size": input_size, "epochs": epochs,
+    flags = {"data": data, "augment": augment, "workers": workers, "val_every": val_every, "val_limit": val_limit, "model": model,
+             "stages": stages, "variant": variant, "width": width, "input_size": input_size, "authors_init": authors_init, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "schedule": schedule, "beta": beta, "seed": seed, "device": device,
              "amp": amp, "sync_bn": sync_bn, "compile": compile_model, "deterministic": deterministic,
              "device_augment": device_augment, "project": project, "name": name, "log_every": log_every}

@@ -44,6 +44,7 @@ from mula_cli.data.transforms import (
     AugmentConfig,
     apply_affine,
     letterbox,
+    mirror_affine,
     train_affine,
     warp_image,
     warp_label,
@@ -123,10 +124,17 @@ class MulaDataset(Dataset):
         joints = t.people(index)[0]  # (P, J, 2), NaN = unlabelled
 
         pixels: dict[str, object]
-        if cfg.train:
+        if cfg.train and cfg.augment.crop_person:
             rng = np.random.default_rng([cfg.seed, epoch, index])
             m, flipped = train_affine(t.centers[index], float(t.scales[index]), size, rng, cfg.augment)
             pixels = self._deferred(img, label, m, flipped) if cfg.defer_warp else self._warped(img, label, m, flipped)
+        elif cfg.train:  # the test-time input, mirrored with probability flip_prob
+            rng = np.random.default_rng([cfg.seed, epoch, index])
+            flipped = bool(cfg.augment.flip_prob > 0 and rng.random() < cfg.augment.flip_prob)
+            image, m = letterbox(img, size)
+            if flipped:
+                image, m = image[:, ::-1], mirror_affine(m, size)
+            pixels = {"image": image.transpose(2, 0, 1), "parsing": self._label_at_input(label, m, flipped)}
         else:
             flipped = False
             image, m = letterbox(img, size)

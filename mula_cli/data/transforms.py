@@ -15,7 +15,7 @@ centred, padded grey.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -34,9 +34,16 @@ class AugmentConfig:
     image_pad: int = 128
     label_pad: int = 0
     bicubic: bool = False  # the authors resample bicubic; bilinear is ~2x cheaper and trains the same
+    # False: instead of a crop around the person, the whole picture letterboxed exactly as at test time
+    # (then only ``flip_prob`` applies), so the training inputs are the ones evaluation sees
+    crop_person: bool = True
 
 
 NO_AUGMENT = AugmentConfig(rotate=0.0, scale_min=1.0, scale_max=1.0, translate=0.0, flip_prob=0.0)
+TEST_VIEW = AugmentConfig(rotate=0.0, scale_min=1.0, scale_max=1.0, translate=0.0, flip_prob=0.0, crop_person=False)
+# ``mula train --augment``: the paper's recipe; the test-time input, mirrored or not (e.g. to overfit a
+# few pictures and score them as they were trained).
+AUGMENTATIONS = {"full": AugmentConfig(), "flip": replace(TEST_VIEW, flip_prob=0.5), "none": TEST_VIEW}
 
 
 def train_affine(center: np.ndarray, scale: float, input_size: int, rng: np.random.Generator,
@@ -59,9 +66,12 @@ def train_affine(center: np.ndarray, scale: float, input_size: int, rng: np.rand
     linear = np.array([[cos, sin], [-sin, cos]])
     offset = (input_size - 1) / 2.0 + shift - linear @ np.asarray(center, np.float64)
     m = np.concatenate([linear, offset[:, None]], axis=1)
-    if flip:
-        m = np.array([[-1.0, 0.0, input_size - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([m, [0, 0, 1]])
-    return m, flip
+    return (mirror_affine(m, input_size) if flip else m), flip
+
+
+def mirror_affine(m: np.ndarray, input_size: int) -> np.ndarray:
+    """``m`` followed by a horizontal mirror of the ``input_size`` wide input."""
+    return np.array([[-1.0, 0.0, input_size - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([m, [0.0, 0.0, 1.0]])
 
 
 def eval_affine(height: int, width: int, input_size: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:

@@ -189,11 +189,38 @@ class MuLA(nn.Module):
         return MulaOutput(poses, parsings)
 
 
-def model_from_config(cfg: MulaConfig) -> MuLA:
-    """Build the model of ``cfg`` with the authors' MSRA initialisation (on the current default device)."""
+HEAD_INIT_STD = 1e-3
+
+
+def model_from_config(cfg: MulaConfig, *, authors_init: bool = False) -> MuLA:
+    """Build the model of ``cfg`` (on the current default device), initialised for training.
+
+    Every layer gets the authors' MSRA initialisation; then, unless ``authors_init``, the
+    prediction heads start from the blank answer (see :func:`init_heads`).
+    """
     model = MuLA(cfg)
     msra_init(model)
+    if not authors_init:
+        init_heads(model)
     return model
+
+
+def init_heads(model: MuLA) -> None:
+    """Start every stage's predictions at the blank answer: joint maps 0, background map 1, uniform parsing.
+
+    With MSRA-initialised 1x1 heads (the authors') every stage first predicts heatmaps of unit
+    size noise, a hundred times the squared error of a blank prediction, and the pose branch spends
+    its early training unlearning that noise; on small budgets it never leaves the average pose.
+    Near-zero head weights (std 1e-3, as the pose heads of SimpleBaseline and HRNet) and a
+    background bias of 1 remove that phase; an 8-picture overfit goes from PCKh 13 to 58 in the
+    same 200 steps.
+    """
+    for stage in model.stages:
+        for head in (stage.pose_head, stage.parsing_head):
+            nn.init.normal_(head.weight, std=HEAD_INIT_STD)
+            nn.init.zeros_(head.bias)
+        with torch.no_grad():
+            stage.pose_head.bias[-1] = 1.0  # the background map (1 - max over joints) is 1 almost everywhere
 
 
 def count_parameters(model: nn.Module) -> int:

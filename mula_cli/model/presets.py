@@ -138,8 +138,8 @@ def preset_config(
     )
 
 
-def _build(preset: str, **overrides: Any) -> MuLA:
-    return model_from_config(preset_config(preset, **overrides))
+def _build(preset: str, *, authors_init: bool = False, **overrides: Any) -> MuLA:
+    return model_from_config(preset_config(preset, **overrides), authors_init=authors_init)
 
 
 # Plain dict: preset name -> its build function (keyword overrides as in preset_config).
@@ -147,7 +147,11 @@ PRESETS: dict[str, Callable[..., MuLA]] = {name: partial(_build, name) for name 
 
 
 def build_model(preset: str = DEFAULT_PRESET, **overrides: Any) -> MuLA:
-    """Build a preset, e.g. ``build_model("hg-5s", num_classes=20, num_joints=16)``."""
+    """Build a preset, e.g. ``build_model("hg-5s", num_classes=20, num_joints=16)``.
+
+    ``authors_init=True`` keeps the authors' MSRA initialisation of the prediction heads (see
+    :func:`mula_cli.model.mula.init_heads`); the other keywords are :func:`preset_config`'s.
+    """
     if preset not in PRESETS:
         raise MulaError(f"unknown model preset '{preset}'; `mula models` lists them: {', '.join(PRESETS)}")
     return PRESETS[preset](**overrides)

@@ -25,6 +25,7 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "constant": {"lr": 2.5e-3, "lr_vgg": 1e-4, "milestones": (), "factors": ()},
 }
 REFERENCE_EPOCHS = 250
+AUGMENT_MODES = ("full", "flip", "none")  # see mula_cli.data.transforms.AUGMENTATIONS
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class TrainConfig:
 
     # data
     data: str = "lip"
+    augment: str = "full"
     workers: int = 8
     val_every: int = 5
     val_limit: Optional[int] = None
@@ -42,6 +44,7 @@ class TrainConfig:
     variant: Optional[str] = None
     width: Optional[int] = None
     input_size: Optional[int] = None
+    authors_init: bool = False  # MSRA-initialised prediction heads, as the authors' script (default: near zero)
     # optimisation
     epochs: int = 250
     batch_size: int = 24
@@ -68,6 +71,8 @@ class TrainConfig:
 
         if self.schedule not in SCHEDULES:
             raise bad(f"--schedule {self.schedule!r} is unknown; use one of {', '.join(SCHEDULES)}")
+        if self.augment not in AUGMENT_MODES:
+            raise bad(f"--augment {self.augment!r} is unknown; use one of {', '.join(AUGMENT_MODES)}")
         if self.amp not in AMP_MODES:
             raise bad(f"--amp {self.amp!r} is unknown; use one of {', '.join(AMP_MODES)}")
         check_device_option(self.device)

@@ -29,13 +29,17 @@ from mula_cli.console import err, out
 from mula_cli.data.cache import CacheFile, resolve_cache
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
 from mula_cli.data.device_warp import warp_images
+from mula_cli.data.transforms import AUGMENTATIONS
 from mula_cli.devices import amp_dtype as resolve_amp
 from mula_cli.errors import MulaError
 from mula_cli.files import write_json
+from mula_cli.manifests import DatasetManifest
 from mula_cli.model.loss import mula_loss
-from mula_cli.model.presets import build_model
+from mula_cli.model.mula import MuLA
+from mula_cli.model.presets import build_model, dataset_overrides
 from mula_cli.model.weights import load_weights, save_weights
 from mula_cli.progress import make_progress
+from mula_cli.train.balance import balance_columns, measure_balance
 from mula_cli.train.checkpoint import TrainState, load_checkpoint, restore_training, save_checkpoint
 from mula_cli.train.config import TrainConfig
 from mula_cli.train.distributed import World, agree, broadcast_object, setup_world, shutdown_world
@@ -44,6 +48,9 @@ from mula_cli.train.validate import Validator
 
 if TYPE_CHECKING:  # tensorboard is an optional extra
     from torch.utils.tensorboard import SummaryWriter
+
+
+BALANCE_EVERY = 50  # steps between loss-balance measurements (at least; once per epoch on real datasets)
 
 
 class TrainingStopped(MulaError):
@@ -88,6 +95,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_training_model(cfg: TrainConfig, manifest: DatasetManifest) -> MuLA:
+    """The model ``cfg`` trains, sized for ``manifest`` and initialised (on the current default device)."""
+    return build_model(cfg.model, **dataset_overrides(manifest), stages=cfg.stages, variant=cfg.variant,
+                       width=cfg.width, input_size=cfg.input_size, authors_init=cfg.authors_init)
+
+
 def train(cfg: TrainConfig, *, resume: Path | None = None, weights: Path | None = None,
           quiet: bool = False) -> Path:
     """Run a training run, or continue the one whose ``last.pt`` is ``resume``; returns its run directory.
@@ -130,9 +143,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
     batch = cfg.batch_size // world.size
 
     # ---- model ----------------------------------------------------------------------------
-    model = build_model(cfg.model, num_classes=manifest.num_classes, num_joints=manifest.num_joints,
-                        class_names=manifest.classes, joint_names=manifest.joints, stages=cfg.stages,
-                        variant=cfg.variant, width=cfg.width, input_size=cfg.input_size)
+    model = build_training_model(cfg, manifest)
     if weights is not None and checkpoint is None:
         _load_initial_weights(model, weights)
     mcfg = model.config
@@ -159,7 +170,8 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
 
     device_augment = cfg.device_augment if cfg.device_augment is not None else device.type == "cuda"
     train_set = MulaDataset(cache_path, "train", SampleConfig(input_size=mcfg.input_size, stride=mcfg.stride,
-                                                              seed=cfg.seed, defer_warp=device_augment))
+                                                              augment=AUGMENTATIONS[cfg.augment], seed=cfg.seed,
+                                                              defer_warp=device_augment))
     inputs = _BatchInputs(device, mcfg.input_size, train_set.config)
     sampler = DistributedSampler(train_set, num_replicas=world.size, rank=world.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
@@ -182,7 +194,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
     columns = (["epoch", "lr", "loss", "pose_loss", "parsing_loss"]
                + [f"s{t + 1}_{task}" for t in range(mcfg.stages) for task in ("pose", "parsing")]
                + ["images_per_s", "seconds", "val_pixel_acc", "val_mean_acc", "val_miou", "val_fwiou", "val_pckh",
-                  "val_score"])
+                  "val_score"] + balance_columns(model))
     log = MetricsLog(run_dir / "metrics.csv", columns)
     extra = {"manifest": manifest.to_json(), "dataset": manifest.name, "train_config": cfg.to_dict(),
              "run_dir": str(run_dir.resolve())}
@@ -217,11 +229,18 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                                    dtype=torch.float64, device=device)
             t0 = time.perf_counter() - state.epoch_seconds
             done_before = state.epoch_step
+            # the loss balance costs a forward and 2T backward passes: once per epoch, at most every 50 steps
+            balance: dict[str, torch.Tensor] = {}
+            measure = epoch % max(1, math.ceil(BALANCE_EVERY / steps_per_epoch)) == 0
             with make_progress(quiet or not world.is_main) as bar:
                 task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
                                     completed=state.epoch_step, unit="batches")
                 for batch_data in loader:
-                    loss, parts = _step(step_model, optimizer, scaler, inputs(batch_data), amp_dtype, cfg.beta,
+                    batch_inputs = inputs(batch_data)
+                    if measure and not balance:  # what each task's loss sends into the shared parts
+                        balance = measure_balance(model, *batch_inputs, beta=cfg.beta,
+                                                  ignore_index=manifest.ignore_label, amp_dtype=amp_dtype)
+                    loss, parts = _step(step_model, optimizer, scaler, batch_inputs, amp_dtype, cfg.beta,
                                         manifest.ignore_label)
                     running += torch.stack([loss.detach().double()] + [parts[k].detach().double() for k in parts_order])
                     state.step += 1
@@ -254,6 +273,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                                    "seconds": seconds}
             for k, v in zip(parts_order, sums[1:]):
                 row[k.replace("/", "_")] = v / steps
+            row.update(zip(balance, torch.stack(list(balance.values())).tolist()) if balance else ())
             row["pose_loss"] = sum(row[f"s{t + 1}_pose"] for t in range(mcfg.stages))
             row["parsing_loss"] = sum(row[f"s{t + 1}_parsing"] for t in range(mcfg.stages))
             state.epoch, state.epoch_step, state.running, state.epoch_seconds = epoch + 1, 0, [], 0.0
