@@ -6,7 +6,8 @@ Every sample ``b`` of the batch is convolved with its own depthwise kernel ``wei
 Which implementation runs is decided at every call of :func:`dynamic_depthwise_conv2d`: TorchScript
 scripting takes the grouped convolution, tracing and ONNX export the batch-independent shift-and-add
 form; otherwise ``MULA_DYNCONV`` (read at call time) picks: ``auto`` (default) the Triton custom
-operator (``mula_cli.ops.dynconv_op``) for CUDA tensors it supports, else the grouped convolution;
+operator (``mula_cli.ops.dynconv_op``) for CUDA tensors it supports, the per-sample form for
+channels_last CPU tensors (the prediction fast path's layout), else the grouped convolution;
 ``triton`` the operator or a MulaError saying why it cannot run (with ``TRITON_INTERPRET=1`` it runs on
 CPU tensors); ``grouped`` the grouped convolution.
 """
@@ -51,6 +52,21 @@ def dynamic_depthwise_conv2d_grouped(x: Tensor, weight: Tensor) -> Tensor:
     return out.reshape(b, c, h, w)
 
 
+def dynamic_depthwise_conv2d_per_sample(x: Tensor, weight: Tensor) -> Tensor:
+    """One ordinary depthwise convolution per sample, written into one output in ``x``'s layout.
+
+    The fastest CPU form for channels_last features: folding the batch into the channels (the
+    grouped form) cannot be a view of a channels_last tensor, so it copies the input and returns a
+    contiguous result that the next convolution reorders again; per sample, oneDNN's depthwise
+    kernel reads and writes channels_last directly (2.5-3x faster at batch 2 and 16 on one core).
+    """
+    k = weight.shape[-1]
+    out = torch.empty_like(x)
+    for b in range(x.shape[0]):
+        out[b : b + 1] = F.conv2d(x[b : b + 1], weight[b].unsqueeze(1), padding=k // 2, groups=x.shape[1])
+    return out
+
+
 def dynamic_depthwise_conv2d(x: Tensor, weight: Tensor) -> Tensor:
     """Convolve each sample with its own depthwise kernel.
 
@@ -69,6 +85,10 @@ def dynamic_depthwise_conv2d(x: Tensor, weight: Tensor) -> Tensor:
     return _dispatch(x, weight)
 
 
+def _channels_last(x: Tensor) -> bool:
+    return x.shape[0] > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def dispatch_mode() -> str:
     """``MULA_DYNCONV`` read now: auto (default), triton or grouped."""
     mode = os.environ.get(DISPATCH_VARIABLE, "").strip().lower() or "auto"
@@ -81,9 +101,12 @@ def dispatch_mode() -> str:
 
 
 def _dispatch(x: Tensor, weight: Tensor) -> Tensor:
-    # auto: the Triton operator for CUDA tensors it takes, else the grouped convolution (CPU tensors
-    # never import triton); triton: the operator or an error saying why it cannot run.
+    # auto: the Triton operator for CUDA tensors it takes, on the CPU the per-sample form for
+    # channels_last and the grouped convolution otherwise (CPU tensors never import triton);
+    # triton: the operator or an error saying why it cannot run.
     mode = dispatch_mode()
+    if mode == "auto" and not x.is_cuda and _channels_last(x):
+        return dynamic_depthwise_conv2d_per_sample(x, weight)
     if mode == "grouped" or (mode == "auto" and not x.is_cuda):
         return dynamic_depthwise_conv2d_grouped(x, weight)
     if dynconv_op is None:
