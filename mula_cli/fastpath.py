@@ -11,7 +11,11 @@
   ``torch.compile`` uses for frozen CPU models); elsewhere it is ``F.conv2d`` followed by in-place
   addition and ReLU;
 - the per-sample depthwise convolution runs in its fastest form for the layout (see
-  :mod:`mula_cli.ops.dynconv`).
+  :mod:`mula_cli.ops.dynconv`);
+- on the CPU a batch is split into shards that run at the same time in worker threads, each with
+  its share of the cores (a picture and its mirror, the pose flip, take one core each on a
+  two-core machine): single-threaded convolutions skip the per-layer OpenMP barriers that the
+  small late-hourglass layers cannot amortise.
 
 Results equal the model's up to float rounding (the folded weights round differently); the tests
 compare labels and joints against the plain model for every preset. The converted modules keep
@@ -22,6 +26,7 @@ the call signatures of the blocks they replace, so :class:`~mula_cli.model.mula.
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import torch
@@ -34,6 +39,9 @@ from mula_cli.model.blocks import ConvBnRelu, PlainBottleneck, PostActSkip, Post
 from mula_cli.model.hourglass import Hourglass, HourglassStageEncoder, HourglassStem
 from mula_cli.model.mula import MuLA, MulaOutput, NextStageMapping
 from mula_cli.ops import dynamic_depthwise_conv2d
+
+
+_PACKED_SHAPES = 4  # input shapes a FusedConv keeps packed weights for (each a copy of the weights)
 
 
 @lru_cache(maxsize=1)
@@ -90,9 +98,9 @@ class FusedConv(nn.Module):
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu
         self.onednn = onednn
-        # Packed once: oneDNN's blocked weight layout (an opaque tensor, so not a buffer).
-        self._packed = torch.ops.mkldnn._reorder_convolution_weight(
-            self.weight, self.padding, self.stride, self.dilation, self.groups) if onednn else None
+        # oneDNN's blocked weight layouts (opaque tensors, so not buffers), one per input shape: the
+        # best blocking depends on the spatial size, and a model sees only a few shapes.
+        self._packed: dict[tuple[int, ...], Tensor] = {}
 
     def extra_repr(self) -> str:
         out, cin = self.weight.shape[:2]
@@ -100,12 +108,19 @@ class FusedConv(nn.Module):
                 f"relu={self.relu}, onednn={self.onednn}")
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        if self._packed is not None and x.device.type == "cpu" and x.dtype == torch.float32:
+        if self.onednn and x.device.type == "cpu" and x.dtype == torch.float32:
             pointwise = torch.ops.mkldnn._convolution_pointwise
+            packed = self._packed.get(tuple(x.shape))
+            if packed is None:
+                if len(self._packed) >= _PACKED_SHAPES:
+                    self._packed.pop(next(iter(self._packed)))  # the oldest shape
+                packed = torch.ops.mkldnn._reorder_convolution_weight(
+                    self.weight, self.padding, self.stride, self.dilation, self.groups, list(x.shape))
+                self._packed[tuple(x.shape)] = packed
             if residual is None:
-                return pointwise(x, self._packed, self.bias, self.padding, self.stride, self.dilation, self.groups,
+                return pointwise(x, packed, self.bias, self.padding, self.stride, self.dilation, self.groups,
                                  "relu" if self.relu else "none", [], "")
-            return pointwise.binary(x, residual, self._packed, self.bias, self.padding, self.stride, self.dilation,
+            return pointwise.binary(x, residual, packed, self.bias, self.padding, self.stride, self.dilation,
                                     self.groups, "add", 1.0, "relu" if self.relu else None, [], None)
         y = F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding, self.dilation,
                      self.groups)
@@ -289,26 +304,64 @@ def convert(module: nn.Module, onednn: bool) -> nn.Module:
 
 
 class FastMuLA(nn.Module):
-    """A MuLA model converted for inference (see the module docstring); called like the model."""
+    """A MuLA model converted for inference (see the module docstring); called like the model.
 
-    def __init__(self, model: MuLA, *, onednn: bool | None = None) -> None:
+    Args:
+        model: the model to convert (left unchanged).
+        onednn: use oneDNN's packed, fused convolutions (default: on the CPU when available).
+        workers: on the CPU, split a batch into up to this many shards and run them at once, each
+            in its own thread with ``threads // shards`` PyTorch threads (default: PyTorch's thread
+            count, the number of cores). A picture and its mirror are two shards, each on one core
+            of a two-core machine: every convolution then runs single-threaded, without the OpenMP
+            barriers that make the small late-hourglass convolutions scale poorly over cores (and
+            that stall whenever another process holds a core). 1 keeps one intra-op parallel pass.
+    """
+
+    def __init__(self, model: MuLA, *, onednn: bool | None = None, workers: int | None = None) -> None:
         super().__init__()
         device = model.pixel_mean.device
         if onednn is None:
             onednn = device.type == "cpu" and onednn_fusion_available()
         self.config = model.config
         self.onednn = onednn
+        self.workers = max(1, workers if workers is not None else torch.get_num_threads())
+        self._pool: ThreadPoolExecutor | None = None
         with torch.no_grad():
             self.model = convert(copy.deepcopy(model).eval(), onednn).to(memory_format=torch.channels_last)
 
     def forward(self, image: Tensor) -> MulaOutput:
-        return self.model(image.contiguous(memory_format=torch.channels_last))
+        image = image.contiguous(memory_format=torch.channels_last)
+        shards = min(self.workers, image.shape[0])
+        if shards < 2 or image.device.type != "cpu":
+            return self.model(image)
+        return self._sharded(image, shards)
+
+    def _sharded(self, image: Tensor, shards: int) -> MulaOutput:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mula-shard")
+        threads = torch.get_num_threads()
+        grad = torch.is_grad_enabled()
+
+        def run(chunk: Tensor) -> MulaOutput:
+            # Thread counts and grad mode are per thread: set them in the worker itself.
+            torch.set_num_threads(max(1, threads // shards))
+            with torch.set_grad_enabled(grad):
+                return self.model(chunk)
+
+        try:
+            outputs = list(self._pool.map(run, image.chunk(shards)))
+        finally:
+            torch.set_num_threads(threads)  # the workers changed the process-wide default too
+        return MulaOutput([torch.cat(stage) for stage in zip(*(o.pose for o in outputs))],
+                          [torch.cat(stage) for stage in zip(*(o.parsing for o in outputs))])
 
     def describe(self) -> str:
         """What the fast path does here, for the user."""
         parts = ["BatchNorm folded", "channels_last"]
         if self.onednn:
             parts.append("oneDNN packed convolutions with fused ReLU/residual")
+        if self.workers > 1 and self.model.pixel_mean.device.type == "cpu":
+            parts.append(f"batch split over {self.workers} threads")
         return ", ".join(parts)
 
 
@@ -333,7 +386,8 @@ def prediction_model(model: MuLA, *, fast: bool = True, bf16: bool = False) -> t
     runner: nn.Module = model
     description = f"eager {precision} ({threads})"
     if fast:
-        runner = FastMuLA(model, onednn=False if bf16 else None).eval()
+        # Autocast is per thread: under bf16 the batch is not split over worker threads.
+        runner = FastMuLA(model, onednn=False if bf16 else None, workers=1 if bf16 else None).eval()
         description = f"fast {precision}: {runner.describe()} ({threads})"
     return (Bfloat16(runner) if bf16 else runner), description
 

@@ -15,6 +15,7 @@ from mula_cli.ops import dynamic_depthwise_conv2d, dynamic_depthwise_conv2d_grou
 from mula_cli.predict_bench import agreement, trained_like
 
 ONEDNN = [False, True] if onednn_fusion_available() else [False]
+FORMS = [(o, 1) for o in ONEDNN] + [(ONEDNN[-1], 2)]  # (oneDNN, workers): also the batch split over threads
 
 
 def _small(preset: str) -> torch.nn.Module:
@@ -22,13 +23,13 @@ def _small(preset: str) -> torch.nn.Module:
     return trained_like(build_model(preset, width=width, input_size=128), seed=1).eval()
 
 
-@pytest.mark.parametrize("onednn", ONEDNN, ids=lambda o: "onednn" if o else "conv2d")
+@pytest.mark.parametrize(("onednn", "workers"), FORMS, ids=lambda v: str(v))
 @pytest.mark.parametrize("preset", sorted(PRESET_FIELDS))
-def test_fast_model_matches_the_model(preset: str, onednn: bool) -> None:
+def test_fast_model_matches_the_model(preset: str, onednn: bool, workers: int) -> None:
     model = _small(preset)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fast = FastMuLA(model, onednn=onednn).eval()
-    x = torch.randint(0, 256, (2, 3, 128, 128), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    fast = FastMuLA(model, onednn=onednn, workers=workers).eval()
+    x = torch.randint(0, 256, (3, 3, 128, 128), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     with torch.no_grad():
         want, got = model(x), fast(x)
     for a, b in zip(want.pose + want.parsing, got.pose + got.parsing):
