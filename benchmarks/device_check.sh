@@ -2,7 +2,8 @@
 # The GPU check of the dynamic depthwise convolution, in one go on a CUDA machine (H100/H200):
 # install the package, run tests/test_dynconv.py (the CUDA tests, and the interpreter tests on the
 # CPU), then the benchmark (grid, tile sweep, compiler report, hg-5s training step), then the CLI's
-# quick path. Logs, the pytest report and the benchmark JSON go to $OUT (default ./device_out).
+# quick path, then prediction (eager, fast and fast bf16, hg-5s). Logs, the pytest report and the
+# benchmark JSON files go to $OUT (default ./device_out).
 # Run from the repository root:
 #
 #     OUT=/some/folder bash benchmarks/device_check.sh
@@ -59,6 +60,16 @@ left() {  # seconds a step may take: its own cap, or what is left before the dea
     timeout "$(left 60)" "$PY" -m mula_cli benchmark dynconv --quick --no-sweep --no-train \
         --out /tmp/mula_cli_quick.json > /dev/null 2> "$OUT/cli_quick.log"
     echo "cli exit: $?"
+  else
+    echo "skipped: too close to the deadline"
+  fi
+
+  step "prediction on the GPU (eager / fast / fast bf16, hg-5s)"
+  if ((DEADLINE_S - (SECONDS - start) > 40)); then
+    timeout "$(left 120)" "$PY" -m mula_cli benchmark predict --device cuda --bf16 --batches 1,8 --repeats 5 \
+        --out "$OUT/predict_${card}.json" > "$OUT/predict_table.txt" 2> "$OUT/predict.log"
+    echo "predict benchmark exit: $?"
+    cat "$OUT/predict_table.txt"
   else
     echo "skipped: too close to the deadline"
   fi

@@ -115,7 +115,7 @@ def machine() -> dict[str, Any]:
 
 
 def run(weights: Path, photos: list[Path], *, batches: tuple[int, ...] = (1, 8), repeats: int = 5,
-        device: str = "cpu", log: Callable[[str], None] = print,
+        device: str = "cpu", bf16: bool = False, log: Callable[[str], None] = print,
         save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Time eager and fast prediction of ``photos`` (interleaved) and compare their outputs.
 
@@ -125,12 +125,15 @@ def run(weights: Path, photos: list[Path], *, batches: tuple[int, ...] = (1, 8),
         batches: pictures per ``Predictor.predict`` call.
         repeats: timed calls per path and batch size, after one untimed warm-up call each.
         device: where the models run.
+        bf16: also time the fast path under bfloat16 autocast (``fast_bf16``), compared with eager too.
         log: progress lines.
         save: called with the report after every batch size (a run cut short keeps what it measured).
     """
     from mula_cli.predictor import Predictor
 
     paths = {"eager": Predictor(weights, device, fast=False), "fast": Predictor(weights, device, fast=True)}
+    if bf16:
+        paths["fast_bf16"] = Predictor(weights, device, fast=True, bf16=True)
     report: dict[str, Any] = {
         "what": "Predictor.predict per picture end to end (JPEG decode, letterbox, network with pose flip, "
                 "outputs mapped back), eager float32 with the grouped-convolution dynconv vs the fast path",
@@ -143,24 +146,29 @@ def run(weights: Path, photos: list[Path], *, batches: tuple[int, ...] = (1, 8),
         outputs = {name: p.predict(chosen) for name, p in paths.items()}  # warm-up, and the comparison
         times: dict[str, list[float]] = {name: [] for name in paths}
         for r in range(repeats):
-            order = ["eager", "fast"] if r % 2 == 0 else ["fast", "eager"]
+            order = list(paths) if r % 2 == 0 else list(paths)[::-1]
             for name in order:
+                if paths[name].device.type == "cuda":
+                    torch.cuda.synchronize()
                 start = time.perf_counter()
-                paths[name].predict(chosen)
+                paths[name].predict(chosen)  # returns NumPy results: the device work is done
                 times[name].append((time.perf_counter() - start) / batch)
-            log(f"batch {batch} repeat {r + 1}/{repeats}: eager {times['eager'][-1] * 1000:.0f} ms, "
-                f"fast {times['fast'][-1] * 1000:.0f} ms per picture")
-        ratios = [e / f for e, f in zip(times["eager"], times["fast"])]
-        report["results"].append({
-            "batch": batch,
-            "eager_ms_per_picture": round(statistics.median(times["eager"]) * 1000, 1),
-            "fast_ms_per_picture": round(statistics.median(times["fast"]) * 1000, 1),
-            "speedup_median": round(statistics.median(ratios), 3),
-            "speedups": [round(r, 3) for r in ratios],
-            "eager_ms": [round(t * 1000, 1) for t in times["eager"]],
-            "fast_ms": [round(t * 1000, 1) for t in times["fast"]],
-            "fast_vs_eager": agreement(outputs["eager"], outputs["fast"]),
-        })  # fmt: skip
+            log(f"batch {batch} repeat {r + 1}/{repeats}: "
+                + ", ".join(f"{name} {times[name][-1] * 1000:.0f} ms" for name in paths) + " per picture")
+        row: dict[str, Any] = {"batch": batch,
+                               "eager_ms_per_picture": round(statistics.median(times["eager"]) * 1000, 1),
+                               "eager_ms": [round(t * 1000, 1) for t in times["eager"]]}
+        for name in list(paths)[1:]:
+            ratios = [e / f for e, f in zip(times["eager"], times[name])]
+            prefix = "" if name == "fast" else f"{name}_"
+            row.update({
+                f"{name}_ms_per_picture": round(statistics.median(times[name]) * 1000, 1),
+                f"{prefix}speedup_median": round(statistics.median(ratios), 3),
+                f"{prefix}speedups": [round(r, 3) for r in ratios],
+                f"{name}_ms": [round(t * 1000, 1) for t in times[name]],
+                f"{name}_vs_eager": agreement(outputs["eager"], outputs[name]),
+            })  # fmt: skip
+        report["results"].append(row)
         if save is not None:
             save(report)
     return report
@@ -173,10 +181,13 @@ def summary(report: dict[str, Any]) -> list[str]:
     for name, path in report["paths"].items():
         lines.append(f"  {name}: {path}")
     for row in report["results"]:
-        a = row["fast_vs_eager"]
-        lines.append(
-            f"  batch {row['batch']}: eager {row['eager_ms_per_picture']:.0f} ms, fast {row['fast_ms_per_picture']:.0f} "
-            f"ms per picture, speed-up x{row['speedup_median']:.2f} (median of {len(row['speedups'])}); labels "
-            f"{a['label_agreement'] * 100:.4f}% equal, joints within {a['joint_max_px']:.3g} px"
-        )
+        lines.append(f"  batch {row['batch']}: eager {row['eager_ms_per_picture']:.0f} ms per picture")
+        for name in [n for n in report["paths"] if n != "eager"]:
+            prefix = "" if name == "fast" else f"{name}_"
+            a = row[f"{name}_vs_eager"]
+            lines.append(
+                f"    {name} {row[f'{name}_ms_per_picture']:.0f} ms per picture, speed-up "
+                f"x{row[f'{prefix}speedup_median']:.2f} (median of {len(row[f'{prefix}speedups'])}); labels "
+                f"{a['label_agreement'] * 100:.4f}% equal, joints within {a['joint_max_px']:.3g} px"
+            )
     return lines

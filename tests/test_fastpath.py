@@ -101,3 +101,24 @@ def test_prediction_model_on_the_eager_path_is_the_model_itself() -> None:
     assert runner is model and description.startswith("eager float32")
     runner, description = prediction_model(model, fast=True, bf16=True)
     assert "bfloat16" in description and isinstance(runner.model, FastMuLA) and not runner.model.onednn
+
+
+def test_benchmark_predict_times_both_paths_and_saves_json(tmp_path: Path) -> None:
+    import json
+
+    from conftest import run_cli
+
+    out = tmp_path / "bench.json"
+    result = run_cli("benchmark", "predict", "--model", "hg-tiny", "--batches", "1,2", "--repeats", "2", "--bf16",
+                     "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["preset"] == "hg-tiny" and set(report["paths"]) == {"eager", "fast", "fast_bf16"}
+    assert [row["batch"] for row in report["results"]] == [1, 2]
+    for row in report["results"]:
+        assert len(row["eager_ms"]) == len(row["fast_ms"]) == len(row["speedups"]) == 2
+        assert row["speedup_median"] > 0 and row["fast_vs_eager"]["label_agreement"] >= 0.999
+        assert "fast_bf16_speedup_median" in row
+    assert "speed-up" in result.output
+    bad = run_cli("benchmark", "predict", "--batches", "1,x", "--out", out)
+    assert bad.exit_code == 2 and "--batches" in bad.output

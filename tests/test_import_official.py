@@ -345,3 +345,23 @@ def test_numpy_beyond_numeric_arrays_is_refused(tmp_path: Path, legacy: bool, pa
     path = save_like_the_authors(tmp_path / "ckpt.pth.tar", state, legacy=legacy, extra_metric=[payload])
     with pytest.raises(MulaError, match="cannot be loaded safely"):
         load_official_checkpoint(path)
+
+
+@pytest.mark.slow
+def test_predict_on_photos_with_an_imported_checkpoint(tmp_path: Path) -> None:
+    """The user's path: the authors' file (NumPy metrics inside) -> import-official -> predict."""
+    from PIL import Image
+
+    official = random_official_state("hg_1stage", with_batch_counts=False, seed=5)
+    checkpoint = save_like_the_authors(tmp_path / "mula_lip.pth.tar", official, legacy=True,
+                                       numpy_module="numpy.core")
+    assert run_cli("import-official", checkpoint).exit_code == 0
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(tmp_path / "me.jpg")
+    result = run_cli("predict", tmp_path / "me.jpg", "--weights", tmp_path / "mula_lip.pt",
+                     "--out", tmp_path / "me.png", "--pose", tmp_path / "me.json", "--vis", tmp_path / "me_vis.jpg")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "me.png").size == (200, 300) and Image.open(tmp_path / "me_vis.jpg").size == (200, 300)
+    doc = json.loads((tmp_path / "me.json").read_text())
+    assert doc["model"]["preset"] == "hg-1s" and [j["name"] for j in doc["joints"]] == list(load_manifest("lip").joints)
+    assert all(np.isfinite([j["x"], j["y"], j["score"]]).all() for j in doc["joints"])

@@ -45,6 +45,7 @@ def predict(
     batches: str = typer.Option("1,8", "--batches", help="Pictures per Predictor.predict call, comma-separated."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed calls per path and batch size (interleaved)."),
     device: str = typer.Option("cpu", "--device", help="cpu|cuda|auto."),
+    bf16: bool = typer.Option(False, "--bf16", help="Also time the fast path in bfloat16 (autocast), against eager float32."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for PyTorch (default: its own choice)."),
     out: Optional[Path] = typer.Option(None, "--out", help="JSON file (default: benchmarks/results/predict_<device>.json)."),
 ) -> None:
@@ -85,7 +86,7 @@ def predict(
             err.print(f"writing random {preset} weights and {max(sizes)} photos ...", highlight=False)
             weights = predict_bench.write_random_weights(Path(tmp) / f"{preset}.pt", preset)
         photos = predict_bench.write_photos(Path(tmp) / "photos", max(sizes))
-        report = predict_bench.run(weights, photos, batches=sizes, repeats=repeats, device=device,
+        report = predict_bench.run(weights, photos, batches=sizes, repeats=repeats, device=device, bf16=bf16,
                                    log=lambda line: err.print(line, highlight=False), save=save)
     for line in predict_bench.summary(report):
         stdout.print(line, highlight=False)

@@ -69,10 +69,14 @@ def predict_video_command(request: VideoRequest, predictor) -> None:
 
     if request.stride < 1:
         raise MulaError(f"--stride must be at least 1, not {request.stride}")
-    outputs = resolve_outputs(request)
-    if outputs.vis is not None and outputs.vis == outputs.pose:
-        raise MulaError(f"--vis and --pose both name {outputs.vis}; give them different files")
-    reader = open_source(request.source, camera=request.camera)
+    if request.vis_path is not None and request.vis_path == request.pose_path:
+        raise MulaError(f"--vis and --pose both name {request.vis_path}; give them different files")
+    reader = open_source(request.source, camera=request.camera)  # first: a bad source creates no folder
+    try:
+        outputs = resolve_outputs(request)
+    except BaseException:
+        reader.close()
+        raise
     options = VideoOptions(stride=request.stride, batch_size=request.batch_size,
                            smooth=OneEuroSettings() if request.smooth else None, show=request.show)
     total = reader.frame_count
