@@ -5,7 +5,9 @@ Both paths predict the same photos with the same weights, picture by picture end
 back to the photo). The runs are interleaved (eager, fast, fast, eager, ...) so that a machine
 shared with other work slows both alike; the report gives medians over the repeats of the time
 per picture and of the per-repeat ratio, and how far the fast path's labels and joints are from
-the eager path's.
+the eager path's. It also records the CPU time per picture (all threads of the process): with
+``OMP_WAIT_POLICY=PASSIVE`` waiting OpenMP threads sleep instead of spinning, and the CPU time is
+then the work each path does, which other processes on the machine barely change.
 
 Random weights are fine for speed, but untrained BatchNorm statistics and unscaled adapters make
 a deep MuLA's activations grow from stage to stage until the outputs are flat or not finite, which
@@ -145,19 +147,22 @@ def run(weights: Path, photos: list[Path], *, batches: tuple[int, ...] = (1, 8),
         chosen = photos[:batch]
         outputs = {name: p.predict(chosen) for name, p in paths.items()}  # warm-up, and the comparison
         times: dict[str, list[float]] = {name: [] for name in paths}
+        cpu: dict[str, list[float]] = {name: [] for name in paths}
         for r in range(repeats):
             order = list(paths) if r % 2 == 0 else list(paths)[::-1]
             for name in order:
                 if paths[name].device.type == "cuda":
                     torch.cuda.synchronize()
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 paths[name].predict(chosen)  # returns NumPy results: the device work is done
                 times[name].append((time.perf_counter() - start) / batch)
+                cpu[name].append((time.process_time() - start_cpu) / batch)
             log(f"batch {batch} repeat {r + 1}/{repeats}: "
                 + ", ".join(f"{name} {times[name][-1] * 1000:.0f} ms" for name in paths) + " per picture")
         row: dict[str, Any] = {"batch": batch,
                                "eager_ms_per_picture": round(statistics.median(times["eager"]) * 1000, 1),
-                               "eager_ms": [round(t * 1000, 1) for t in times["eager"]]}
+                               "eager_ms": [round(t * 1000, 1) for t in times["eager"]],
+                               "eager_cpu_ms_per_picture": round(statistics.median(cpu["eager"]) * 1000, 1)}
         for name in list(paths)[1:]:
             ratios = [e / f for e, f in zip(times["eager"], times[name])]
             prefix = "" if name == "fast" else f"{name}_"
@@ -166,6 +171,7 @@ def run(weights: Path, photos: list[Path], *, batches: tuple[int, ...] = (1, 8),
                 f"{prefix}speedup_median": round(statistics.median(ratios), 3),
                 f"{prefix}speedups": [round(r, 3) for r in ratios],
                 f"{name}_ms": [round(t * 1000, 1) for t in times[name]],
+                f"{name}_cpu_ms_per_picture": round(statistics.median(cpu[name]) * 1000, 1),
                 f"{name}_vs_eager": agreement(outputs["eager"], outputs[name]),
             })  # fmt: skip
         report["results"].append(row)

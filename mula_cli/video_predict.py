@@ -195,15 +195,15 @@ def predict_video(predictor, reader: VideoReader, outputs: VideoOutputs, options
     first = _first_frame(reader, options.stride, report)
     if first is None:
         return report
+    writer = _Writer(outputs, predictor, rate, first[1].image.shape[:2], options.smooth, draw=options.show)
     preview = _Preview.open() if options.show else None
-    writer = _Writer(outputs, predictor, rate, first[1].image.shape[:2], options.smooth, draw=preview is not None)
     started = time.perf_counter()
 
     def decode() -> None:
         iterator = first[0]
         try:
             _put(frames, first[1], stop)
-            while True:
+            while not stop.is_set():  # a camera never ends by itself
                 tick = time.perf_counter()
                 frame = next(iterator, None)
                 report.decode_busy_s += time.perf_counter() - tick
@@ -221,7 +221,7 @@ def predict_video(predictor, reader: VideoReader, outputs: VideoOutputs, options
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which reports it
             errors.append(exc)
         finally:
-            _put_end(frames)
+            _put_end(frames, stop.is_set)  # after a stop the predicting loop reads no more
 
     def write() -> None:
         try:
@@ -241,8 +241,9 @@ def predict_video(predictor, reader: VideoReader, outputs: VideoOutputs, options
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
 
-    threads = [threading.Thread(target=decode, name="mula-decode", daemon=True),
-               threading.Thread(target=write, name="mula-write", daemon=True)]
+    decoder = threading.Thread(target=decode, name="mula-decode", daemon=True)
+    writer_thread = threading.Thread(target=write, name="mula-write", daemon=True)
+    threads = [decoder, writer_thread]
     for thread in threads:
         thread.start()
     try:
@@ -254,7 +255,7 @@ def predict_video(predictor, reader: VideoReader, outputs: VideoOutputs, options
         pass
     finally:
         stop.set()  # the decoder stops; the writer still writes every prediction already made
-        _put_end(predictions)
+        _put_end(predictions, lambda: not writer_thread.is_alive())
         for thread in threads:
             thread.join()
         report.wall_s = time.perf_counter() - started
@@ -295,17 +296,16 @@ def _put_dropping_oldest(q: queue.Queue, frame: Frame, report: PipelineReport) -
                 pass
 
 
-def _put_end(q: queue.Queue) -> None:
-    # The end marker must get in even when the queue is full and nobody reads any more.
+def _put_end(q: queue.Queue, abandoned: Callable[[], bool]) -> None:
+    """Queue the end marker behind every item (never dropping one) while the reader still reads;
+    once ``abandoned()`` says it no longer does, nobody needs the marker."""
     while True:
         try:
             q.put(_END, timeout=_POLL_S)
             return
         except queue.Full:
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                pass
+            if abandoned():
+                return
 
 
 def _predict_loop(predictor, frames: queue.Queue, predictions: queue.Queue, stop: threading.Event, live: bool,

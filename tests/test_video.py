@@ -183,6 +183,32 @@ def test_a_camera_source_is_predicted_live(tiny_weights: Path, tmp_path: Path, m
     assert webcam.exit_code == 0 and opened == ["0", "0"], webcam.output
 
 
+def test_ctrl_c_on_a_camera_stops_at_once_and_keeps_the_outputs(tiny_weights: Path, tmp_path: Path) -> None:
+    from mula_cli.predictor import Predictor
+    from mula_cli.video import VideoReader
+    from mula_cli.video_predict import VideoOptions, VideoOutputs, predict_video
+
+    predictor = Predictor(tiny_weights, "cpu")
+    calls = []
+    predict = predictor.predict_decoded
+
+    def interrupted_on_the_third_batch(pictures):
+        calls.append(len(pictures))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return predict(pictures)
+
+    predictor.predict_decoded = interrupted_on_the_third_batch
+    camera = VideoReader(PacedCamera(write_video(tmp_path / "long.mp4", frames=150), fps=25), "camera 0",
+                         live=True)  # six seconds of frames
+    start = time.monotonic()
+    report = predict_video(predictor, camera, VideoOutputs(vis=tmp_path / "o.mp4", pose=tmp_path / "p.jsonl"),
+                           VideoOptions(batch_size=2))
+    assert report.interrupted and time.monotonic() - start < 3.0  # the decoder did not run on to the end
+    frames, _, _ = read_video(tmp_path / "o.mp4")
+    assert len(frames) == len(_lines(tmp_path / "p.jsonl")) == report.frames_written == sum(calls[:2]) > 0
+
+
 def test_a_camera_that_cannot_be_opened_is_a_one_line_error(tiny_weights: Path, tmp_path: Path, monkeypatch) -> None:
     from mula_cli import video
 
@@ -237,14 +263,16 @@ def test_the_pipeline_names_the_model_as_the_bottleneck_when_it_is(tiny_weights:
             self.inner, self.manifest = inner, inner.manifest
 
         def predict_decoded(self, pictures):
-            time.sleep(0.05 * len(pictures))
+            time.sleep(0.03 * len(pictures))
             return self.inner.predict_decoded(pictures)
 
-    clip = write_video(tmp_path / "clip.mp4", frames=8)
+    # Many more frames than the queues hold: the decoder finishes long before the model.
+    clip = write_video(tmp_path / "clip.mp4", frames=24)
     reader = open_source(str(clip))
     report = predict_video(SlowPredictor(Predictor(tiny_weights, "cpu")), reader,
-                           VideoOutputs(vis=tmp_path / "o.mp4", pose=tmp_path / "p.jsonl"), VideoOptions(batch_size=4))
+                           VideoOutputs(vis=tmp_path / "o.mp4", pose=tmp_path / "p.jsonl"), VideoOptions(batch_size=2))
     assert report.error is None and not report.interrupted
-    assert report.frames_decoded == report.frames_predicted == report.frames_written == 8
-    assert report.bottleneck() == "model" and report.model_busy_s >= 0.4
+    assert report.frames_decoded == report.frames_predicted == report.frames_written == 24
+    assert len(read_video(tmp_path / "o.mp4")[0]) == len(_lines(tmp_path / "p.jsonl")) == 24
+    assert report.bottleneck() == "model" and report.model_busy_s >= 0.7
     assert report.busy_fractions()["model"] > 0.5
