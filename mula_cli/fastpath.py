@@ -40,7 +40,6 @@ from mula_cli.model.hourglass import Hourglass, HourglassStageEncoder, Hourglass
 from mula_cli.model.mula import MuLA, MulaOutput, NextStageMapping
 from mula_cli.ops import dynamic_depthwise_conv2d
 
-
 _PACKED_SHAPES = 4  # input shapes a FusedConv keeps packed weights for (each a copy of the weights)
 
 
