@@ -93,6 +93,7 @@ def test_bf16_prediction_runs_on_the_cpu_within_its_tolerance(trained_like_weigh
     assert all(r.joints.dtype == np.float64 and np.isfinite(r.scores).all() for r in lowered)
     a = agreement(reference, lowered)
     assert a["label_agreement"] >= 0.95, a
+    assert a["score_max_abs_diff"] > 1e-5  # the network did run in bfloat16
 
 
 def test_prediction_model_on_the_eager_path_is_the_model_itself() -> None:
