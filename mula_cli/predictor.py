@@ -115,10 +115,16 @@ class Predictor:
         flip: flip testing for parsing too (pose is flip-averaged by default, the official protocol).
         pose_flip: average pose with the mirrored picture.
         scales: multi-scale testing factors.
+        fast: run the fast path (:mod:`mula_cli.fastpath`: BatchNorm folded, channels_last, fused
+            convolutions; same results up to float rounding); False runs the plain eager model.
+        bf16: run the network under bfloat16 autocast (CUDA or CPU): faster on GPUs, results
+            differ from float32 by more than rounding (see the README for the measured tolerance).
+
+    ``path`` says in one line which of these runs (``mula predict`` prints it).
     """
 
     def __init__(self, weights: str | Path, device: str = "auto", *, flip: bool = False, pose_flip: bool = True,
-                 scales: Sequence[float] = (1.0,)) -> None:
+                 scales: Sequence[float] = (1.0,), fast: bool = True, bf16: bool = False) -> None:
         from mula_cli.devices import pick_device
 
         self.weights = Path(weights)
@@ -129,10 +135,13 @@ class Predictor:
 
             self.model = load_exported(self.weights, self.device)
             self.config, extra = self.model.config, self.model.extra
+            self.path = f"exported {'ONNX (onnxruntime)' if suffix == '.onnx' else 'TorchScript'} model"
         else:
+            from mula_cli.fastpath import prediction_model
             from mula_cli.model.weights import load_weights
 
-            self.model, self.config, extra = load_weights(self.weights, map_location=self.device)
+            model, self.config, extra = load_weights(self.weights, map_location=self.device)
+            self.model, self.path = prediction_model(model, fast=fast, bf16=bf16)
         self.manifest: DatasetManifest = _manifest(extra, self.config)
         self.options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=tuple(scales))
 
@@ -156,7 +165,7 @@ class Predictor:
             inputs.append(torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))))
             affines.append(m)
             sizes.append(orig_hw)
-        batch = torch.stack(inputs).to(self.device)
+        batch = to_device(torch.stack(inputs), self.device)
         pred = predict_batch(self.model, batch, self.manifest, self.options)
         coords, scores = pred.joints.cpu().numpy(), pred.scores.float().cpu().numpy()
         results = []
@@ -167,6 +176,13 @@ class Predictor:
             joints = np.clip(joints, 0.0, [hw[1] - 1.0, hw[0] - 1.0])
             results.append(Prediction(labels, joints, scores[i], hw))
         return results
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``batch`` on ``device``; to a GPU through pinned memory, so the copy does not wait on pageable pages."""
+    if device.type != "cuda":
+        return batch.to(device)
+    return batch.pin_memory().to(device, non_blocking=True)
 
 
 def _manifest(extra: dict, config) -> DatasetManifest:
