@@ -107,9 +107,9 @@ class Window:
         return np.array([self.factor, *self.crop, *self.store, *self.resized], np.float64)
 
     @classmethod
-    def from_array(cls, a: np.ndarray) -> "Window":
+    def from_array(cls, a: np.ndarray) -> Window:
         v = [float(x) for x in a]
-        ints = [int(round(x)) for x in v[1:]]
+        ints = [round(x) for x in v[1:]]
         return cls(v[0], tuple(ints[0:4]), tuple(ints[4:8]), tuple(ints[8:10]))
 
 

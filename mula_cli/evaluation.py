@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from mula_cli.authors_protocol import predict_originals as predict_authors
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
 from mula_cli.data.transforms import apply_affine, invert_affine
-from mula_cli.authors_protocol import predict_originals as predict_authors
 from mula_cli.inference import AUTHORS, InferenceOptions, ScaleViews, predict_batch, to_original
 from mula_cli.manifests import DatasetManifest
 from mula_cli.metrics import ParsingMetrics, PoseMetrics
@@ -76,12 +76,13 @@ def _predict_originals(model: torch.nn.Module, x: torch.Tensor, batch: dict, man
 
 def eval_loader(cache_path: Path, split: str, input_size: int, stride: int, *, batch_size: int, workers: int,
                 limit: int | None = None, rank: int = 0, world: int = 1,
-                options: InferenceOptions = InferenceOptions()) -> DataLoader:
+                options: InferenceOptions | None = None) -> DataLoader:
     """Batches of letterboxed samples with their original-size ground truth; shard ``rank`` of ``world``.
 
     ``options`` says which test scales and protocol the samples are prepared for (the picture at
     each scale travels with the sample).
     """
+    options = options or InferenceOptions()
     config = SampleConfig(input_size=input_size, stride=stride, train=False, test_scales=tuple(options.scales),
                           test_protocol=options.protocol)
     dataset = MulaDataset(cache_path, split, config, limit=limit)
