@@ -99,6 +99,7 @@ def preset_config(
     hourglass_depth: int | None = None,
     adapt_stages: tuple[bool, ...] | None = None,
     kernel_size: int | None = None,
+    paper_mapping: bool | None = None,
     class_names: tuple[str, ...] = (),
     joint_names: tuple[str, ...] = (),
 ) -> MulaConfig:
@@ -125,6 +126,7 @@ def preset_config(
         "hourglass_depth": hourglass_depth,
         "adapt_stages": adapt_stages,
         "kernel_size": kernel_size,
+        "paper_mapping": paper_mapping,
     }
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if stages is not None and adapt_stages is None:

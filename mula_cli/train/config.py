@@ -46,6 +46,7 @@ class TrainConfig:
     variant: Optional[str] = None
     width: Optional[int] = None
     input_size: Optional[int] = None
+    paper_mapping: bool = False  # the paper's mapping to the next stage (adapted features), not the release's
     # optimisation
     epochs: int = 250
     batch_size: int = 24
