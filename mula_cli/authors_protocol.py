@@ -32,10 +32,28 @@ from PIL import Image
 
 from mula_cli.errors import MulaError
 from mula_cli.heatmaps import flip_heatmaps, gaussian_blur
+from mula_cli.inference import to_original
 from mula_cli.manifests import DatasetManifest
 from mula_cli.model.loss import upsample_logits
 
 PAD = 128
+
+
+@dataclass(frozen=True)
+class AuthorsSteps:
+    """Which of the authors' steps to take; a step switched off is done mula's default way instead.
+
+    All on is their protocol. Switching one off measures what that step alone moves
+    (``benchmarks/protocol_fidelity.py``, docs/fidelity.md).
+    """
+
+    placement: bool = True  # OpenCV bicubic, centre int(W/2*f), crop one pixel short (off: mula's letterbox)
+    crop_heatmaps: bool = True  # cut the padding out of the heatmaps before fusing (off: whole window)
+    integer_coordinates: bool = True  # (pos - store + crop) / base, int() (off: pixel centres, no rounding)
+    parsing_map_back: bool = True  # background map of the resized picture, OpenCV nearest (off: mula's)
+
+
+ALL_STEPS = AuthorsSteps()
 # OpenCV's fixed-point resize (INTER_RESIZE_COEF_BITS = 11): coefficients are scaled by 2048 and
 # rounded, both passes sum integers, the result is rounded once at the end.
 _COEF_BITS = 11
@@ -135,13 +153,31 @@ def cut_window(pixels: np.ndarray, input_size: int, scale: float) -> tuple[np.nd
     return window, Window(factor, (x0, y0, x1, y1), (sx0, sy0, sx1, sy1), (rh, rw))
 
 
-def authors_views(img: Image.Image, input_size: int, scales: tuple[float, ...]) -> dict[str, np.ndarray]:
+def letterbox_window(img: Image.Image, input_size: int, scale: float) -> tuple[np.ndarray, Window]:
+    """mula's default window (:func:`mula_cli.data.transforms.letterbox`) described as a :class:`Window`."""
+    from mula_cli.data.transforms import eval_affine, letterbox
+
+    h, w = img.height, img.width
+    pixels, _ = letterbox(img, input_size, scale=scale)
+    _, (nh, nw), (top, left) = eval_affine(h, w, input_size, scale)
+    x0, y0 = max(-left, 0), max(-top, 0)
+    sx0, sy0 = max(left, 0), max(top, 0)
+    cw, ch = min(nw - x0, input_size - sx0), min(nh - y0, input_size - sy0)
+    factor = base_scale(h, w, input_size) * scale
+    return pixels, Window(factor, (x0, y0, x0 + cw, y0 + ch), (sx0, sy0, sx0 + cw, sy0 + ch), (nh, nw))
+
+
+def authors_views(img: Image.Image, input_size: int, scales: tuple[float, ...],
+                  steps: AuthorsSteps = ALL_STEPS) -> dict[str, np.ndarray]:
     """Sample entries for :func:`predict_originals`: ``views`` (n, 3, S, S) uint8, ``windows`` (n, 11)."""
     if not any(abs(s - 1.0) < 1e-9 for s in scales):
         raise MulaError("--protocol authors needs scale 1 among --scales (their code maps joints back "
                         "through the scale-1 window)")
-    pixels = np.asarray(img.convert("RGB"))
-    cut = [cut_window(pixels, input_size, s) for s in scales]
+    if steps.placement:
+        pixels = np.asarray(img.convert("RGB"))
+        cut = [cut_window(pixels, input_size, s) for s in scales]
+    else:
+        cut = [letterbox_window(img.convert("RGB"), input_size, s) for s in scales]
     return {"views": np.stack([c[0].transpose(2, 0, 1) for c in cut]),
             "windows": np.stack([c[1].to_array() for c in cut])}
 
@@ -155,11 +191,13 @@ class OriginalPrediction:
     scores: np.ndarray  # (J,)
 
 
-def _fuse_pose(heat: np.ndarray, windows: list[Window], scales: tuple[float, ...], size: int) -> np.ndarray:
-    """Their multi-scale fusion of flip-averaged (n, J, S, S) heatmaps into one (J, S, S) canvas."""
+def _fuse_pose(heat: np.ndarray, windows: list[Window], scales: tuple[float, ...], size: int,
+               crop: bool = True) -> np.ndarray:
+    """Their multi-scale fusion of flip-averaged (n, J, S, S) heatmaps into one (J, S, S) canvas
+    (``crop=False``: whole windows, padding included)."""
     canvas = np.zeros(heat.shape[1:], np.float64)
     for maps, window, s in zip(heat, windows, scales):
-        x0, y0, x1, y1 = window.store
+        x0, y0, x1, y1 = window.store if crop else (0, 0, size, size)
         part = maps[:, y0:y1, x0:x1]  # the heatmaps of the window's picture, padding cut away
         ph, pw = part.shape[1:]
         oh, ow = max(1, round(ph / s)), max(1, round(pw / s))
@@ -185,10 +223,17 @@ def _labels_to_original(argmax: np.ndarray, window: Window, orig_hw: tuple[int, 
     return resized[rows[:, None], cols[None, :]]
 
 
+def _window_affine(window: Window, orig_hw: tuple[int, int]) -> np.ndarray:
+    """The original-to-window matrix of a placement (pixel centres), for mula's map-back."""
+    fy, fx = window.resized[0] / orig_hw[0], window.resized[1] / orig_hw[1]
+    shift_x, shift_y = window.store[0] - window.crop[0], window.store[1] - window.crop[1]
+    return np.array([[fx, 0.0, 0.5 * fx - 0.5 + shift_x], [0.0, fy, 0.5 * fy - 0.5 + shift_y]])
+
+
 @torch.no_grad()
 def predict_originals(model: torch.nn.Module, views: torch.Tensor, windows: np.ndarray,
                       orig_sizes: list[tuple[int, int]], manifest: DatasetManifest, scales: tuple[float, ...],
-                      blur_sigma: float = 3.0) -> list[OriginalPrediction]:
+                      blur_sigma: float = 3.0, steps: AuthorsSteps = ALL_STEPS) -> list[OriginalPrediction]:
     """The authors' predictions for a batch, at each picture's original resolution.
 
     Args:
@@ -198,6 +243,8 @@ def predict_originals(model: torch.nn.Module, views: torch.Tensor, windows: np.n
         orig_sizes: each picture's (height, width).
         manifest: mirror pairs for the flip.
         scales: the n test scales (1 among them).
+        blur_sigma: the heatmap blur.
+        steps: which of their steps to take (all: their protocol).
     """
     b, n, _, size, _ = views.shape
     joints = model.config.num_joints
@@ -217,18 +264,26 @@ def predict_originals(model: torch.nn.Module, views: torch.Tensor, windows: np.n
     results = []
     for i in range(b):
         placed = [Window.from_array(a) for a in windows[i]]
-        fused = _fuse_pose(heat[i], placed, scales, size)
+        fused = _fuse_pose(heat[i], placed, scales, size, crop=steps.crop_heatmaps)
         blurred = gaussian_blur(torch.from_numpy(fused)[None], blur_sigma)[0].numpy() if blur_sigma > 0 else fused
         flat = blurred.reshape(joints, -1).argmax(axis=1)  # NumPy: the first maximum, as theirs
         py, px = np.divmod(flat, size)
         h, w = orig_sizes[i]
         base = base_scale(h, w, size)
         window = placed[one]
-        xs = (px - window.store[0] + window.crop[0]) / base
-        ys = (py - window.store[1] + window.crop[1]) / base
-        coords = np.trunc(np.stack([xs, ys], axis=1))  # int() in their CSV writer
+        if steps.integer_coordinates:
+            xs = (px - window.store[0] + window.crop[0]) / base
+            ys = (py - window.store[1] + window.crop[1]) / base
+            coords = np.trunc(np.stack([xs, ys], axis=1))  # int() in their CSV writer
+        else:  # pixel centres: window pixel p is resized pixel q = p - store + crop, at (q + 0.5) * W / w' - 0.5
+            xs = (px - window.store[0] + window.crop[0] + 0.5) * w / window.resized[1] - 0.5
+            ys = (py - window.store[1] + window.crop[1] + 0.5) * h / window.resized[0] - 0.5
+            coords = np.stack([xs, ys], axis=1)
         scores = blurred.reshape(joints, -1)[np.arange(joints), flat]
-        labels = torch.from_numpy(_labels_to_original(argmax[i], window, (h, w)))
+        if steps.parsing_map_back:
+            labels = torch.from_numpy(_labels_to_original(argmax[i], window, (h, w)))
+        else:
+            labels = to_original(torch.from_numpy(argmax[i]), _window_affine(window, (h, w)), (h, w))
         results.append(OriginalPrediction(labels, coords, scores))
     return results
 

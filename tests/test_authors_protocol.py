@@ -151,3 +151,23 @@ def test_authors_predictions_have_the_pictures_size(scales: tuple[float, ...]) -
     views = torch.from_numpy(sample["views"])[None]
     found = predict_originals(Probe(), views, sample["windows"][None], [(80, 45)], LIP, scales)[0]
     assert found.labels.shape == (80, 45) and found.joints.shape == (16, 2) and np.isfinite(found.scores).all()
+
+
+def test_every_step_switched_off_is_the_default_protocol() -> None:
+    from mula_cli.authors_protocol import AuthorsSteps, authors_views
+    from mula_cli.data.transforms import apply_affine, invert_affine
+    from mula_cli.inference import predict_batch, to_original
+
+    model, img = Probe(), _picture(90, 50)
+    off = AuthorsSteps(placement=False, crop_heatmaps=False, integer_coordinates=False, parsing_map_back=False)
+    sample = authors_views(img, SIZE, (1.0,), off)
+    theirs = predict_originals(model, torch.from_numpy(sample["views"])[None], sample["windows"][None], [(90, 50)],
+                               LIP, (1.0,), steps=off)[0]
+    pixels, m = letterbox(img, SIZE)
+    ours = predict_batch(model, torch.from_numpy(pixels.transpose(2, 0, 1).copy())[None], LIP)
+    joints = apply_affine(ours.joints[0].double().numpy(), invert_affine(m))
+    np.testing.assert_allclose(theirs.joints, joints, atol=1e-4)
+    assert torch.equal(theirs.labels, to_original(ours.labels[0], m, (90, 50)))
+    full = predict_originals(model, torch.from_numpy(authors_views(img, SIZE, (1.0,))["views"])[None],
+                             authors_views(img, SIZE, (1.0,))["windows"][None], [(90, 50)], LIP, (1.0,))[0]
+    assert not np.array_equal(full.joints, theirs.joints) or not torch.equal(full.labels, theirs.labels)

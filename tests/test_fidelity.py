@@ -44,6 +44,7 @@ def test_paper_mapping_feeds_the_next_stage_from_the_adapted_features() -> None:
 @pytest.mark.slow
 def test_train_paper_mapping_flag_reaches_the_model(tmp_path: Path) -> None:
     from conftest import run_cli
+
     from mula_cli.model.weights import load_weights
 
     made = run_cli("prepare", "synthetic", tmp_path / "tree", "--train", "4", "--val", "1", "--test", "0",
