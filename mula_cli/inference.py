@@ -105,7 +105,7 @@ def _base_to_view(affines: np.ndarray, base: np.ndarray) -> np.ndarray:
     """(B, 2, 3) matrices from base-window pixels to this view's window pixels."""
     full = np.zeros((len(base), 3, 3))
     full[:, :2], full[:, 2, 2] = base, 1.0
-    return (affines @ np.linalg.inv(full)[:, :, :])[:, :2]
+    return (affines @ np.linalg.inv(full))[:, :2]
 
 
 def _sample(maps: Tensor, matrices: np.ndarray, points: np.ndarray, size: int,

@@ -134,3 +134,13 @@ def test_scales_option() -> None:
     for bad in ("", "big", "0.1"):
         with pytest.raises(Exception, match="--scales"):
             parse_scales(bad)
+
+
+def test_predictor_tests_at_several_scales(tiny_weights) -> None:
+    from mula_cli import Predictor
+
+    img = _picture(150, 90)
+    one = Predictor(tiny_weights, device="cpu")(img)
+    several = Predictor(tiny_weights, device="cpu", scales=(0.8, 1.2))(img)
+    assert several.labels.shape == one.labels.shape == (150, 90) and several.joints.shape == (16, 2)
+    assert not (np.array_equal(several.joints, one.joints) and np.array_equal(several.labels, one.labels))
