@@ -202,7 +202,7 @@ def _fuse_pose(heat: np.ndarray, windows: list[Window], scales: tuple[float, ...
         ph, pw = part.shape[1:]
         oh, ow = max(1, round(ph / s)), max(1, round(pw / s))
         wy, wx = _linear_matrix(ph, oh, s), _linear_matrix(pw, ow, s)
-        scaled = np.einsum("yh,jhw,xw->jyx", wy, part, wx)
+        scaled = wy @ part @ wx.T  # (J, size / s, size / s)
         top, left = int((size - oh) / 2.0), int((size - ow) / 2.0)
         # their code would fail where the part overhangs the canvas; keep the overlap instead
         y0c, y1c, x0c, x1c = max(top, 0), min(top + oh, size), max(left, 0), min(left + ow, size)
