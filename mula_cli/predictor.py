@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from mula_cli.data.transforms import apply_affine, invert_affine, letterbox
+from mula_cli.data.transforms import apply_affine, invert_affine, letterbox, scale_views
 from mula_cli.errors import MulaError
-from mula_cli.inference import InferenceOptions, predict_batch, to_original
+from mula_cli.inference import InferenceOptions, ScaleViews, predict_batch, to_original
 from mula_cli.manifests import DatasetManifest, load_manifest, manifest_from_json
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
@@ -159,14 +159,20 @@ class Predictor:
     def predict_decoded(self, pictures: Sequence[tuple[Image.Image, tuple[int, int]]]) -> list[Prediction]:
         """Predict pictures already read with :func:`read_image` (RGB image, original (height, width))."""
         size = self.input_size
-        inputs, affines, sizes = [], [], []
+        inputs, affines, sizes, views = [], [], [], []
         for img, orig_hw in pictures:
             pixels, m = letterbox(img, size, orig_hw=orig_hw)
             inputs.append(torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))))
             affines.append(m)
             sizes.append(orig_hw)
+            if tuple(self.options.scales) != (1.0,):  # multi-scale: the picture resized to each scale
+                views.append(scale_views(img, size, tuple(self.options.scales), orig_hw=orig_hw))
         batch = to_device(torch.stack(inputs), self.device)
-        pred = predict_batch(self.model, batch, self.manifest, self.options)
+        scaled = None
+        if views:
+            images = torch.from_numpy(np.stack([v[0] for v in views]).transpose(0, 1, 4, 2, 3).copy())
+            scaled = ScaleViews(to_device(images, self.device), np.stack([v[1] for v in views]), np.stack(affines))
+        pred = predict_batch(self.model, batch, self.manifest, self.options, views=scaled)
         coords, scores = pred.joints.cpu().numpy(), pred.scores.float().cpu().numpy()
         results = []
         for i, (m, hw) in enumerate(zip(affines, sizes)):

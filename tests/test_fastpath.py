@@ -41,6 +41,19 @@ def test_fast_model_matches_the_model(preset: str, onednn: bool, workers: int) -
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is left alone
 
 
+@pytest.mark.parametrize("onednn", ONEDNN, ids=lambda v: f"onednn={v}")
+def test_fast_model_matches_the_model_at_other_input_sizes(onednn: bool) -> None:
+    """More input shapes than a FusedConv keeps packed weights for, and one seen again after eviction."""
+    model = _small("hg-2s-adapt-s1")
+    fast = FastMuLA(model, onednn=onednn, workers=2).eval()
+    for side in (128, 192, 64, 320, 256, 128):
+        x = torch.randint(0, 256, (2, 3, side, side), generator=torch.Generator().manual_seed(side), dtype=torch.uint8)
+        with torch.no_grad():
+            want, got = model(x), fast(x)
+        for a, b in zip(want.pose + want.parsing, got.pose + got.parsing):
+            assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-5 * max(float(a.abs().max()), 1.0), side
+
+
 def test_per_sample_dynconv_equals_the_grouped_one_and_runs_for_channels_last() -> None:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(3, 8, 11, 13, generator=generator)
@@ -81,6 +94,20 @@ def test_predictor_fast_path_is_the_default_and_agrees_with_eager(trained_like_w
     fast, eager = Predictor(trained_like_weights, "cpu"), Predictor(trained_like_weights, "cpu", fast=False)
     assert fast.path.startswith("fast float32: BatchNorm folded, channels_last")
     assert eager.path.startswith("eager float32")
+    pictures = _pictures(3)
+    a = agreement(eager.predict_decoded(pictures), fast.predict_decoded(pictures))
+    assert a["label_agreement"] >= 0.999 and a["joint_max_px"] <= 1.0, a
+
+
+def test_multiscale_prediction_on_the_fast_path_agrees_with_eager(trained_like_weights: Path) -> None:
+    """Multi-scale testing (every scale's window, flips for both tasks) keeps the fast path's tolerance."""
+    from mula_cli.predictor import Predictor
+
+    options = {"scales": (0.7, 1.0, 1.3), "flip": True}
+    fast = Predictor(trained_like_weights, "cpu", **options)
+    eager = Predictor(trained_like_weights, "cpu", fast=False, **options)
+    assert fast.path.startswith("fast float32")
+    fast.model.workers = 2  # the tests run one thread: split the batch (pictures, mirrors) all the same
     pictures = _pictures(3)
     a = agreement(eager.predict_decoded(pictures), fast.predict_decoded(pictures))
     assert a["label_agreement"] >= 0.999 and a["joint_max_px"] <= 1.0, a

@@ -132,7 +132,8 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
     # ---- model ----------------------------------------------------------------------------
     model = build_model(cfg.model, num_classes=manifest.num_classes, num_joints=manifest.num_joints,
                         class_names=manifest.classes, joint_names=manifest.joints, stages=cfg.stages,
-                        variant=cfg.variant, width=cfg.width, input_size=cfg.input_size)
+                        variant=cfg.variant, width=cfg.width, input_size=cfg.input_size,
+                        paper_mapping=cfg.paper_mapping or None)
     if weights is not None and checkpoint is None:
         _load_initial_weights(model, weights)
     mcfg = model.config
