@@ -10,12 +10,13 @@ Steps, most important first, each cut at a shared deadline:
 4. ``mula evaluate`` (fp32), ``mula predict`` and ``mula export --half`` (checked after writing);
 5. ``mula train --compile``, and ``--deterministic`` (strict: it either runs or names the operation
    without a deterministic kernel);
-6. ``mula benchmark dynconv`` with whatever time is left (it saves after every case).
+6. ``mula benchmark predict``: eager float32 against the fast path (and bf16) at batch 1 and 8;
+7. ``mula benchmark dynconv`` with whatever time is left (it saves after every case).
 
 What it saw goes to ``OUT``: ``device_check.json`` (every step's command, exit code, seconds, the
 numbers read off its outputs, the end of its log), ``device_check.log``, ``logs.tar.gz`` (every
-step's log, the pytest report, the runs' metrics and configs) and the benchmark's JSON; the summary
-and the benchmark JSON are also copied to ``benchmarks/results/``.
+step's log, the pytest report, the runs' metrics and configs) and the two benchmarks' JSON; the summary
+and the benchmark JSON files are also copied to ``benchmarks/results/``.
 
 ``--dry-run`` runs the same steps on the CPU at toy size (a tiny model, a few images, the CUDA tests
 only collected, torch.compile switched off, no --half, the benchmark's no-GPU refusal expected), so
@@ -195,6 +196,11 @@ def check(out: Path, deadline_s: float, plan: Plan) -> dict[str, Any]:
     deterministic["ok"] = deterministic.get("exit") in (0, 2)  # strict: it runs, or says which kernel it lacks
 
     card = "".join(ch if ch.isalnum() else "_" for ch in (c.report["machine"]["gpu"] or "cpu")).strip("_").lower()
+    # prediction end to end: eager float32 against the fast path (and bf16) at batch 1 and 8
+    predict_json = out / f"predict_{card}.json"
+    predict_args = ["--device", "cuda", "--bf16", "--batches", "1,8", "--repeats", "5"] if p.gpu else \
+        ["--device", "cpu", "--model", "hg-tiny", "--batches", "1", "--repeats", "1"]
+    c.run("predict_benchmark", ["benchmark", "predict", *predict_args, "--out", str(predict_json)], 100)
     bench_json = out / f"dynconv_{card}.json"
     c.run("benchmark", ["benchmark", "dynconv", "--out", str(bench_json)], max(c.left() - 15, 5),
           expect=0 if p.gpu else 2)
@@ -221,8 +227,9 @@ def _bundle(c: Check, out: Path, bench_json: Path | None) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         card = bench_json.stem.removeprefix("dynconv_") if bench_json else "gpu"
         shutil.copy(out / "device_check.json", RESULTS / f"device_check_{card}.json")
-        if bench_json is not None and bench_json.is_file():
-            shutil.copy(bench_json, RESULTS / bench_json.name)
+        for produced in (bench_json, out / f"predict_{card}.json"):
+            if produced is not None and produced.is_file():
+                shutil.copy(produced, RESULTS / produced.name)
     shutil.rmtree(c.work, ignore_errors=True)
 
 

@@ -83,9 +83,10 @@ def _register() -> None:
 
     app.command("models")(models_cmd.models)
     app.command("import-official")(import_official.import_official)
-    from mula_cli.commands import benchmark
+    from mula_cli.commands import benchmark, reproduce
 
     app.add_typer(benchmark.app, name="benchmark")
+    app.command("reproduce")(reproduce.reproduce)
 
 
 _register()

@@ -1,7 +1,9 @@
 """Scoring a model on a cache split: what ``mula evaluate`` and training-time validation both run.
 
-Each image is letterboxed (official test transform), predicted in batches on the model's device,
-mapped back to its original resolution and scored there with :mod:`mula_cli.metrics`. In a
+Each image is letterboxed (official test transform; at every test scale for multi-scale testing),
+predicted in batches on the model's device, mapped back to its original resolution and scored there
+with :mod:`mula_cli.metrics`; or processed exactly as the authors' test code does
+(``protocol="authors"``, :mod:`mula_cli.authors_protocol`). In a
 distributed run every rank scores a disjoint shard (no padding duplicates) and the metric sums
 are added across ranks.
 """
@@ -17,9 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from mula_cli.authors_protocol import predict_originals as predict_authors
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
 from mula_cli.data.transforms import apply_affine, invert_affine
-from mula_cli.inference import InferenceOptions, predict_batch, to_original
+from mula_cli.inference import AUTHORS, InferenceOptions, ScaleViews, predict_batch, to_original
 from mula_cli.manifests import DatasetManifest
 from mula_cli.metrics import ParsingMetrics, PoseMetrics
 
@@ -50,11 +53,39 @@ class EvalResult:
         return out
 
 
+def _predict_originals(model: torch.nn.Module, x: torch.Tensor, batch: dict, manifest: DatasetManifest,
+                       options: InferenceOptions) -> list[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
+    """(labels (H, W), joints (J, 2), scores (J,)) of each picture of a batch at its original resolution."""
+    sizes = [tuple(int(v) for v in hw) for hw in batch["orig_size"]]
+    if options.protocol == AUTHORS:
+        found = predict_authors(model, batch["views"].to(x.device), batch["windows"].numpy(), sizes, manifest,
+                                options.scales, options.blur_sigma)
+        return [(p.labels, p.joints, p.scores) for p in found]
+    views = None
+    if "views" in batch:
+        views = ScaleViews(batch["views"].to(x.device), batch["view_affines"].numpy(), batch["affine"].numpy())
+    pred = predict_batch(model, x, manifest, options, views=views)
+    coords, scores = pred.joints.cpu().numpy(), pred.scores.float().cpu().numpy()
+    out = []
+    for i, (h, w) in enumerate(sizes):
+        affine = batch["affine"][i].numpy()
+        joints = apply_affine(coords[i].astype(np.float64), invert_affine(affine))
+        out.append((to_original(pred.labels[i], affine, (h, w)), joints, scores[i]))
+    return out
+
+
 def eval_loader(cache_path: Path, split: str, input_size: int, stride: int, *, batch_size: int, workers: int,
-                limit: int | None = None, rank: int = 0, world: int = 1) -> DataLoader:
-    """Batches of letterboxed samples with their original-size ground truth; shard ``rank`` of ``world``."""
-    dataset = MulaDataset(cache_path, split, SampleConfig(input_size=input_size, stride=stride, train=False),
-                          limit=limit)
+                limit: int | None = None, rank: int = 0, world: int = 1,
+                options: InferenceOptions | None = None) -> DataLoader:
+    """Batches of letterboxed samples with their original-size ground truth; shard ``rank`` of ``world``.
+
+    ``options`` says which test scales and protocol the samples are prepared for (the picture at
+    each scale travels with the sample).
+    """
+    options = options or InferenceOptions()
+    config = SampleConfig(input_size=input_size, stride=stride, train=False, test_scales=tuple(options.scales),
+                          test_protocol=options.protocol)
+    dataset = MulaDataset(cache_path, split, config, limit=limit)
     if world > 1:
         dataset = Subset(dataset, range(rank, len(dataset), world))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
@@ -86,21 +117,16 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
     for batch in loader:
         x = batch["image"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None and device.type == "cuda"):
-            pred = predict_batch(model, x, manifest, options)
-        coords, scores = pred.joints.cpu().numpy(), pred.scores.float().cpu().numpy()
-        for i in range(x.shape[0]):
-            affine = batch["affine"][i].numpy()
-            h, w = (int(v) for v in batch["orig_size"][i])
-            labels = to_original(pred.labels[i], affine, (h, w))
+            predictions = _predict_originals(model, x, batch, manifest, options)
+        for i, (labels, joints, scores) in enumerate(predictions):
             gt = batch["orig_parsing"][i]
             if gt is not None:
                 parsing.update(labels, torch.from_numpy(gt))
-            joints = apply_affine(coords[i].astype(np.float64), invert_affine(affine))
             people = batch["orig_joints"][i]
             if pose is not None and len(people):
                 pose.update(joints, people[0])
             if on_prediction is not None:
-                on_prediction(ImagePrediction(batch["id"][i], labels.to(torch.uint8).cpu().numpy(), joints, scores[i]))
+                on_prediction(ImagePrediction(batch["id"][i], labels.to(torch.uint8).cpu().numpy(), joints, scores))
         images += x.shape[0]
         if progress is not None:
             progress(x.shape[0])

@@ -5,10 +5,16 @@ input size and centred on grey; pose = final-stage heatmaps of the image and its
 (channels swapped back) averaged, resized to the input size, blurred (sigma 3), argmax; parsing
 = final-stage argmax of a single pass, mapped back with nearest resampling.
 
-Options: ``parsing_flip`` averages parsing probabilities with the mirror too; ``scales`` runs the
-network on the letterbox at other sizes (rounded to the model's size multiple; the adapters pool
-to a fixed kernel size, so any multiple works) and averages heatmaps and probabilities after
-resizing them back to the base input size.
+Options: ``parsing_flip`` averages the parsing logits with the mirror's too. ``scales`` tests the
+picture at several sizes, as the authors' test code does: for each scale s the picture is resized
+to a long edge of ``s * S`` and the fixed S x S window centred on it is cut (grey padding,
+:func:`mula_cli.data.transforms.scale_views`); every window's heatmaps and logits are mapped back
+into the base window (the scale-1 letterbox, i.e. the picture) and averaged there: heatmaps before
+the blur and argmax, logits before the argmax. Where a window does not cover the picture (the
+centre crop of a scale above 1) only the windows that see it are averaged.
+
+``protocol="authors"`` replaces all of this with the authors' exact test-time processing
+(:mod:`mula_cli.authors_protocol`).
 """
 
 from __future__ import annotations
@@ -20,87 +26,156 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mula_cli.errors import MulaError
 from mula_cli.heatmaps import decode_official, flip_heatmaps, flip_logits
 from mula_cli.manifests import DatasetManifest
 from mula_cli.model.loss import upsample_logits
 
+DEFAULT = "default"
+AUTHORS = "authors"
+PROTOCOLS = (DEFAULT, AUTHORS)
+# The test scales of the authors' related pose code (Pose Partition Networks, NieXC/pytorch-ppn);
+# their MuLA release tests at scale 1 only.
+PAPER_SCALES = (0.7, 0.85, 1.0, 1.15, 1.3)
+
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """What to average at test time. Defaults are the authors' protocol."""
+    """What to average at test time. Defaults are the authors' released protocol (one scale)."""
 
     pose_flip: bool = True
     parsing_flip: bool = False
     scales: tuple[float, ...] = (1.0,)
     blur_sigma: float = 3.0
+    protocol: str = DEFAULT
+
+
+@dataclass
+class ScaleViews:
+    """The picture at each test scale (from :func:`mula_cli.data.transforms.scale_views`), batched."""
+
+    images: Tensor  # (B, n, 3, S, S) uint8 windows
+    affines: np.ndarray  # (B, n, 2, 3) original -> window pixels
+    base: np.ndarray  # (B, 2, 3) original -> base window (scale-1 letterbox) pixels
 
 
 @dataclass
 class BatchPrediction:
-    """Predictions for a batch, in network-input (letterbox) pixels of the base input size."""
+    """Predictions for a batch, in base-window (scale-1 letterbox) pixels of the input size."""
 
     labels: Tensor  # (B, S, S) int64 parsing argmax
-    probabilities: Tensor  # (B, K, S, S) float parsing probabilities
+    probabilities: Tensor  # (B, K, S, S) float softmax of the fused logits
     joints: Tensor  # (B, J, 2) x, y
     scores: Tensor  # (B, J) heatmap maxima after blurring
     heatmaps: Tensor  # (B, J, S/s, S/s) fused joint heatmaps (no background map)
 
 
-def _resize_input(images: Tensor, size: int) -> Tensor:
-    if images.shape[-1] == size:
-        return images
-    return F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=size < images.shape[-1])
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``--scales``: comma-separated factors, or ``paper`` for :data:`PAPER_SCALES`."""
+    if text.strip().lower() == "paper":
+        return PAPER_SCALES
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        scales = ()
+    if not scales or any(not 0.25 <= s <= 4 for s in scales):
+        raise MulaError(f"--scales {text!r} must be comma-separated factors between 0.25 and 4 "
+                        "(e.g. 0.75,1,1.25), or 'paper' for 0.7,0.85,1,1.15,1.3")
+    return scales
 
 
-def _scaled_size(base: int, scale: float, multiple: int) -> int:
-    return max(multiple, int(round(base * scale / multiple)) * multiple)
+def _view_outputs(model: torch.nn.Module, x: Tensor, manifest: DatasetManifest,
+                  options: InferenceOptions) -> tuple[Tensor, Tensor]:
+    """Final-stage joint heatmaps (B, J, h, w) and parsing logits (B, K, h, w) of one window each,
+    flip-averaged as the options ask."""
+    joints = model.config.num_joints
+    flip = options.pose_flip or options.parsing_flip
+    out = model(torch.cat([x, x.flip(-1)]) if flip else x)
+    pose, parsing = out.pose[-1].float(), out.parsing[-1].float()
+    b = x.shape[0]
+    heat, logits = pose[:b, :joints], parsing[:b]
+    if options.pose_flip:
+        heat = (heat + flip_heatmaps(pose[b:], manifest.joint_flip_index())[:, :joints]) / 2
+    if options.parsing_flip:
+        logits = (logits + flip_logits(parsing[b:], manifest.class_flip_lut())) / 2
+    return heat, logits
+
+
+def _base_to_view(affines: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """(B, 2, 3) matrices from base-window pixels to this view's window pixels."""
+    full = np.zeros((len(base), 3, 3))
+    full[:, :2], full[:, 2, 2] = base, 1.0
+    return (affines @ np.linalg.inv(full))[:, :2]
+
+
+def _sample(maps: Tensor, matrices: np.ndarray, points: np.ndarray, size: int,
+            align_corners: bool) -> tuple[Tensor, Tensor]:
+    """Bilinear samples of view maps at base-window ``points`` (P, 2), and where the view covers them.
+
+    With ``align_corners`` the maps are logits as :func:`upsample_logits` spreads them over the
+    window's pixel centres 0..S-1; otherwise stride-s cells covering the window's pixel area.
+    """
+    q = np.einsum("bij,pj->bpi", matrices[:, :, :2], points) + matrices[:, None, :, 2]  # (B, P, 2)
+    if align_corners:
+        grid, low, high = 2.0 * q / (size - 1) - 1.0, 0.0, size - 1.0
+    else:
+        grid, low, high = 2.0 * (q + 0.5) / size - 1.0, -0.5, size - 0.5
+    inside = ((q >= low - 1e-6) & (q <= high + 1e-6)).all(axis=-1)
+    side = int(round(len(points) ** 0.5))
+    grid_t = torch.from_numpy(grid.reshape(len(q), side, side, 2)).to(maps)
+    values = F.grid_sample(maps, grid_t, mode="bilinear", padding_mode="border", align_corners=align_corners)
+    mask = torch.from_numpy(inside.reshape(len(q), 1, side, side)).to(maps)
+    return values * mask, mask
+
+
+def _grid_points(count: int, step: float, offset: float) -> np.ndarray:
+    """(count * count, 2) x, y of a square grid in row-major order."""
+    axis = offset + step * np.arange(count, dtype=np.float64)
+    ys, xs = np.meshgrid(axis, axis, indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
 
 
 @torch.no_grad()
 def predict_batch(model: torch.nn.Module, images: Tensor, manifest: DatasetManifest,
-                  options: InferenceOptions = InferenceOptions()) -> BatchPrediction:
+                  options: InferenceOptions = InferenceOptions(), views: ScaleViews | None = None) -> BatchPrediction:
     """Run the model on (B, 3, S, S) letterboxed images (uint8 or 0..255 float) and fuse the outputs.
 
     Args:
         model: a MuLA model in eval mode (normalisation is inside it).
-        images: letterboxed inputs at the model's input size S.
+        images: the scale-1 letterboxes at the model's input size S (the base window).
         manifest: gives the mirror pairs for flip averaging.
-        options: flip / multi-scale choices.
+        options: flip / multi-scale choices (``protocol`` must be the default one here).
+        views: the picture at every scale of ``options.scales``; needed unless the scales are (1,).
     """
+    if options.protocol != DEFAULT:
+        raise ValueError(f"predict_batch runs the default protocol, not {options.protocol!r}")
     cfg = model.config
-    base = images.shape[-1]
-    joints = cfg.num_joints
-    flip_index = manifest.joint_flip_index()
-    flip_lut = manifest.class_flip_lut()
-    heat_sum: Tensor | None = None
-    prob_sum: Tensor | None = None
-    heat_n = prob_n = 0
-    out_hw = (base // cfg.stride, base // cfg.stride)
-    for scale in options.scales:
-        size = _scaled_size(base, scale, cfg.input_multiple)
-        x = _resize_input(images, size)
-        batch = torch.cat([x, x.flip(-1)]) if (options.pose_flip or options.parsing_flip) else x
-        out = model(batch)
-        pose, parsing = out.pose[-1].float(), out.parsing[-1].float()
-        b = x.shape[0]
-        heat = [pose[:b, :joints]]
-        probs = [upsample_logits(parsing[:b], (base, base)).softmax(dim=1)]
-        if options.pose_flip:
-            heat.append(flip_heatmaps(pose[b:], flip_index)[:, :joints])
-        if options.parsing_flip:
-            probs.append(flip_logits(upsample_logits(parsing[b:], (base, base)), flip_lut).softmax(dim=1))
-        for h in heat:
-            h = F.interpolate(h, size=out_hw, mode="bilinear", align_corners=False) if h.shape[-2:] != out_hw else h
-            heat_sum = h if heat_sum is None else heat_sum + h
-            heat_n += 1
-        for p in probs:
-            prob_sum = p if prob_sum is None else prob_sum + p
-            prob_n += 1
-    heatmaps = heat_sum / heat_n
-    probabilities = prob_sum / prob_n
-    coords, scores = decode_official(heatmaps, (base, base), options.blur_sigma)
-    return BatchPrediction(probabilities.argmax(dim=1), probabilities, coords, scores, heatmaps)
+    size = images.shape[-1]
+    cells = size // cfg.stride
+    if views is None:
+        if tuple(options.scales) != (1.0,):
+            raise ValueError("multi-scale testing needs the picture at each scale: pass views (scale_views)")
+        heat, logits = _view_outputs(model, images, manifest, options)
+        fused_logits = upsample_logits(logits, (size, size))
+    else:
+        heat_sum = heat_n = logit_sum = logit_n = None
+        heat_points = _grid_points(cells, cfg.stride, cfg.stride / 2 - 0.5)
+        pixel_points = _grid_points(size, 1.0, 0.0)
+        for k in range(views.images.shape[1]):
+            heat_k, logits_k = _view_outputs(model, views.images[:, k], manifest, options)
+            matrices = _base_to_view(views.affines[:, k], views.base)
+            if np.allclose(matrices, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], atol=1e-9):  # the base window itself
+                h, hn = heat_k, torch.ones_like(heat_k[:, :1])
+                g, gn = upsample_logits(logits_k, (size, size)), torch.ones_like(heat_k[:, :1, :1, :1])
+            else:
+                h, hn = _sample(heat_k, matrices, heat_points, size, align_corners=False)
+                g, gn = _sample(logits_k, matrices, pixel_points, size, align_corners=True)
+            heat_sum, heat_n = (h, hn) if heat_sum is None else (heat_sum + h, heat_n + hn)
+            logit_sum, logit_n = (g, gn) if logit_sum is None else (logit_sum + g, logit_n + gn)
+        heat = heat_sum / heat_n.clamp(min=1)
+        fused_logits = logit_sum / logit_n.clamp(min=1)
+    coords, scores = decode_official(heat, (size, size), options.blur_sigma)
+    return BatchPrediction(fused_logits.argmax(dim=1), fused_logits.softmax(dim=1), coords, scores, heat)
 
 
 def to_original(labels: Tensor, affine: np.ndarray, orig_hw: tuple[int, int]) -> Tensor:
@@ -119,4 +194,3 @@ def to_original(labels: Tensor, affine: np.ndarray, orig_hw: tuple[int, int]) ->
     x1, y1 = x0 + max(1, int(round(w * sx))), y0 + max(1, int(round(h * sy)))
     crop = labels[y0:y1, x0:x1].float()[None, None]
     return F.interpolate(crop, size=(h, w), mode="nearest-exact")[0, 0].long()
-

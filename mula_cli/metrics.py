@@ -9,7 +9,8 @@ Definitions follow the LIP convention that published numbers use (see the README
   agree on full LIP val where every class occurs).
 - Pose: PCKh with head size ``||head-top - upper-neck||`` (no 0.6 factor); an image whose head
   joints are not both labelled is excluded; a joint counts only where the ground truth labels
-  it. Groups are the plain mean of their joints' PCKh; "U.Body" and "Avg" pool every counted
+  it, and a missing (NaN) prediction of a labelled joint counts as a miss. Groups are the plain
+  mean of their joints' PCKh; "U.Body" and "Avg" pool every counted
   (image, joint) of their joints. Also a PCKh curve over thresholds and PCK normalised by the
   torso size (distance between the mean of the manifest's upper and lower torso joints).
 
@@ -133,10 +134,12 @@ class PoseMetrics:
             self._add(torso_hits, torso_counts, dist / torso, labelled)
 
     def _add(self, hits: Tensor, counts: Tensor, normalised: np.ndarray, labelled: np.ndarray) -> None:
-        ok = labelled & np.isfinite(normalised)
-        within = (normalised[None, :] <= self.thresholds[:, None]) & ok[None, :]
+        # Every labelled joint counts; a missing prediction (NaN, e.g. from an external CSV) is a
+        # miss, as in the authors' scorer, never a joint left out of the count.
+        with np.errstate(invalid="ignore"):
+            within = (normalised[None, :] <= self.thresholds[:, None]) & (labelled & np.isfinite(normalised))[None, :]
         hits += torch.from_numpy(within.astype(np.int64)).to(hits.device)
-        counts += torch.from_numpy(ok.astype(np.int64)).to(counts.device)
+        counts += torch.from_numpy(labelled.astype(np.int64)).to(counts.device)
 
     def _torso_size(self, gt: np.ndarray, labelled: np.ndarray) -> float | None:
         torso = self.manifest.raw.get("torso")

@@ -41,7 +41,7 @@ class ExportedModel:
                             "with --dynamic-batch to run it on other batch sizes")
         if tuple(x.shape[-2:]) != (self.config.input_size, self.config.input_size):
             raise MulaError(f"{self.path} takes {self.config.input_size}x{self.config.input_size} inputs, not "
-                            f"{x.shape[-1]}x{x.shape[-2]} (multi-scale testing needs the weights file)")
+                            f"{x.shape[-1]}x{x.shape[-2]}")
         if isinstance(self.runner, torch.jit.ScriptModule):
             parsing, heat = self.runner(x)
             return parsing, heat

@@ -25,7 +25,7 @@ def test_the_device_check_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     report = json.loads((out / "device_check.json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
     assert list(steps) == ["cuda_tests", "data", "train_interrupted", "train_resumed", "evaluate_fp32", "predict",
-                           "export_half", "train_compile", "train_deterministic", "benchmark"]
+                           "export_half", "train_compile", "train_deterministic", "predict_benchmark", "benchmark"]
     assert report["ok"] and all(s["ok"] for s in steps.values()), {n: s.get("exit") for n, s in steps.items()}
     assert steps["train_interrupted"]["interrupted"] and "--resume" in steps["train_interrupted"]["log_tail"]
     assert [int(r["epoch"]) for r in report["train_default_epochs"]] == [1, 2, 3, 4]
@@ -33,6 +33,8 @@ def test_the_device_check_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     with tarfile.open(out / "logs.tar.gz") as tar:
         names = tar.getnames()
     assert "logs/train_resumed.log" in names and "runs/default/metrics.csv" in names
-    assert sorted(p.name for p in out.iterdir()) == ["device_check.json", "device_check.log", "logs.tar.gz"]
+    assert json.loads((out / "predict_cpu.json").read_text())  # the prediction benchmark's report
+    assert sorted(p.name for p in out.iterdir()) == ["device_check.json", "device_check.log", "logs.tar.gz",
+                                                     "predict_cpu.json"]
     assert "device check exit: 0" in (out / "device_check.log").read_text()
     assert sorted(p.name for p in (REPO / "benchmarks" / "results").iterdir()) == results  # a dry run keeps out

@@ -7,14 +7,19 @@ checkpoints with its shape and whether the authors' forward pass uses it).
 from __future__ import annotations
 
 import json
+import pickle
+import types
+import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from mula_cli.errors import MulaError
 from mula_cli.manifests import load_manifest
-from mula_cli.model.official import detect_architecture
+from mula_cli.model.official import detect_architecture, load_official_checkpoint
 from mula_cli.model.weights import load_weights
 
 from conftest import run_cli
@@ -61,20 +66,65 @@ def random_official_state(arch: str, *, with_batch_counts: bool, seed: int = 0) 
     return state
 
 
-def save_like_the_authors(
-    path: Path, state: dict[str, torch.Tensor], *, legacy: bool, **more: object
-) -> Path:
-    checkpoint = {
-        "epoch": 250,
-        "state_dict": state,
-        "best_pck": np.float64(0.8531),
-        "pck_avg_list": [np.float64(0.8), 0.81],
-        "pck_all_list": [[0.7, 0.8], [0.75, 0.85]],
-        "best_miou": np.float64(0.4955),
-        "miou_all_list": [0.45, 0.49],
-        **more,
+def authors_metrics(validations: int, seed: int = 0) -> dict[str, object]:
+    """The metric entries of a checkpoint saved after ``validations`` validations, typed as their main.py
+    makes them: ``calc_pck_lip_dataset`` returns a (1, 18) float64 array whose last entry is the average;
+    ``calc_miou_lip_dataset`` a dict of NumPy float64 scalars and per-class (20,) arrays (NaN for a
+    class absent from the validated images); the best scores are NumPy scalars (int 0 before any)."""
+    rng = np.random.default_rng(seed)
+    pck_all_list, pck_avg_list, miou_all_list = [], [], []
+    for _ in range(validations):
+        pck_all = rng.uniform(0.0, 100.0, (1, 18))
+        pck_all_list.append(pck_all)
+        pck_avg_list.append(pck_all[-1][-1])
+        per_class_acc, per_class_iou = rng.uniform(0, 1, 20), rng.uniform(0, 1, 20)
+        per_class_acc[10] = per_class_iou[10] = np.nan
+        miou_all_list.append({
+            "pixel_acc": np.float64(rng.uniform()), "per_class_acc": per_class_acc,
+            "mean_acc": np.nanmean(per_class_acc), "per_class_iou": per_class_iou,
+            "mean_iou": np.nanmean(per_class_iou), "freq_w_iou": np.float64(rng.uniform()),
+        })  # fmt: skip
+    return {
+        "best_pck": max(pck_avg_list, default=0),
+        "pck_avg_list": pck_avg_list,
+        "pck_all_list": pck_all_list,
+        "best_miou": max((m["mean_iou"] for m in miou_all_list), default=0),
+        "miou_all_list": miou_all_list,
     }
-    torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
+
+
+class _PicklerNaming(pickle._Pickler):
+    """Writes NumPy's reconstructors under one module path (``numpy.core`` as NumPy 1 does, or
+    ``numpy._core`` as NumPy 2 does), whichever NumPy runs the tests."""
+
+    numpy_module = "numpy._core"
+
+    def save_global(self, obj, name=None):
+        if getattr(obj, "__module__", "") in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            self.write(pickle.GLOBAL + f"{self.numpy_module}.multiarray\n{obj.__name__}\n".encode())
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def pickle_module_naming(numpy_module: str) -> types.ModuleType:
+    """A stand-in for the ``pickle`` module that torch.save can use (both formats)."""
+    pickler = type("Pickler", (_PicklerNaming,), {"numpy_module": numpy_module})
+    module = types.ModuleType(f"pickle_as_{numpy_module.replace('.', '_')}")
+    module.Pickler = pickler
+    module.dump = lambda obj, file, protocol=2: pickler(file, protocol).dump(obj)
+    return module
+
+
+def save_like_the_authors(
+    path: Path, state: dict[str, torch.Tensor], *, legacy: bool, numpy_module: str = "numpy._core",
+    validations: int = 2, **more: object
+) -> Path:
+    """``torch.save`` of the dict their main.py writes after a validation (``state_dict`` of the
+    DataParallel model, an OrderedDict), in the legacy or the zip format."""
+    checkpoint = {"epoch": 250, "state_dict": OrderedDict(state), **authors_metrics(validations), **more}
+    torch.save(checkpoint, path, pickle_module=pickle_module_naming(numpy_module),
+               _use_new_zipfile_serialization=not legacy)
     return path
 
 
@@ -140,7 +190,8 @@ def test_import_maps_every_used_tensor_and_the_model_runs(
         lip.classes,
     )
     assert (config.bgr, config.pixel_mean, config.pixel_std) == (True, (127.5,) * 3, (255.0,) * 3)
-    assert extra["official"]["epoch"] == 250 and extra["official"]["best_pck"] == pytest.approx(0.8531)
+    assert extra["official"]["epoch"] == 250
+    assert extra["official"]["best_pck"] == pytest.approx(float(authors_metrics(2)["best_pck"]))
     assert json.loads(extra["manifest"])["name"] == "lip"
     check_every_used_tensor_landed(official, arch, model.state_dict())
     with torch.no_grad():
@@ -244,3 +295,74 @@ def test_unsafe_malformed_and_foreign_files_are_refused(tmp_path: Path, capsys) 
     assert run_cli("import-official", wrong_arch, "--arch", "vgg").exit_code == 2
     assert "must never run" not in capsys.readouterr().out
     assert not list(tmp_path.glob("*.pt"))  # nothing written for a refused file
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
+@pytest.mark.parametrize("numpy_module", ["numpy.core", "numpy._core"])
+def test_numpy_metric_arrays_load_in_both_formats_and_module_names(
+    tmp_path: Path, legacy: bool, numpy_module: str
+) -> None:
+    """What their main.py pickles (arrays in pck_all_list / miou_all_list, NumPy scalars) loads safely
+    whether NumPy 1 (numpy.core) or 2 (numpy._core) wrote it, in either torch.save format."""
+    state = {f"{PREFIX}pose_encoder.bn.0.running_mean": torch.arange(4.0), f"{PREFIX}x.weight": torch.ones(2, 3)}
+    path = save_like_the_authors(tmp_path / "ckpt.pth.tar", state, legacy=legacy, numpy_module=numpy_module)
+    assert f"{numpy_module}.multiarray\n_reconstruct".encode() in _pickle_bytes(path, legacy)
+    loaded, meta = load_official_checkpoint(path)
+    assert sorted(loaded) == ["pose_encoder.bn.0.running_mean", "x.weight"]
+    assert torch.equal(loaded["x.weight"], torch.ones(2, 3))
+    expected = authors_metrics(2)
+    assert meta == {"epoch": 250, "best_pck": pytest.approx(float(expected["best_pck"])),
+                    "best_miou": pytest.approx(float(expected["best_miou"]))}  # fmt: skip
+
+
+def _pickle_bytes(path: Path, legacy: bool) -> bytes:
+    if legacy:
+        return path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+
+
+class CallsNumPy:
+    """Pickles as a call of a NumPy function that is not a reconstructor."""
+
+    def __reduce__(self):
+        return (np.fromfile, ("/etc/hostname",))
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        np.array(["text", 1], dtype=object),  # an object array pickles arbitrary objects
+        np.zeros(2, dtype=[("a", "<f4"), ("b", "<i4")]),  # a structured dtype
+        np.array(["a", "b"]),  # a string dtype
+        CallsNumPy(),
+        np.random.default_rng(0),  # numpy.random's own pickling functions
+    ],
+    ids=["object-array", "structured", "strings", "numpy-function", "numpy-generator"],
+)
+def test_numpy_beyond_numeric_arrays_is_refused(tmp_path: Path, legacy: bool, payload: object) -> None:
+    state = {f"{PREFIX}x.weight": torch.ones(2)}
+    path = save_like_the_authors(tmp_path / "ckpt.pth.tar", state, legacy=legacy, extra_metric=[payload])
+    with pytest.raises(MulaError, match="cannot be loaded safely"):
+        load_official_checkpoint(path)
+
+
+@pytest.mark.slow
+def test_predict_on_photos_with_an_imported_checkpoint(tmp_path: Path) -> None:
+    """The user's path: the authors' file (NumPy metrics inside) -> import-official -> predict."""
+    from PIL import Image
+
+    official = random_official_state("hg_1stage", with_batch_counts=False, seed=5)
+    checkpoint = save_like_the_authors(tmp_path / "mula_lip.pth.tar", official, legacy=True,
+                                       numpy_module="numpy.core")
+    assert run_cli("import-official", checkpoint).exit_code == 0
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(tmp_path / "me.jpg")
+    result = run_cli("predict", tmp_path / "me.jpg", "--weights", tmp_path / "mula_lip.pt",
+                     "--out", tmp_path / "me.png", "--pose", tmp_path / "me.json", "--vis", tmp_path / "me_vis.jpg")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "me.png").size == (200, 300) and Image.open(tmp_path / "me_vis.jpg").size == (200, 300)
+    doc = json.loads((tmp_path / "me.json").read_text())
+    assert doc["model"]["preset"] == "hg-1s" and [j["name"] for j in doc["joints"]] == list(load_manifest("lip").joints)
+    assert all(np.isfinite([j["x"], j["y"], j["score"]]).all() for j in doc["joints"])

@@ -179,3 +179,22 @@ def test_the_cuda_process_group_can_reduce_cpu_tensors_too(monkeypatch: pytest.M
     world = distributed.setup_world("auto")
     assert world.device == torch.device("cuda", 1)
     assert calls["backend"] == "cpu:gloo,cuda:nccl" and calls["device_id"] == torch.device("cuda", 1)
+
+
+def test_missing_pose_predictions_count_as_misses() -> None:
+    # 20 images, every joint predicted within the threshold except 10% of them, which are missing (NaN)
+    rng = np.random.default_rng(0)
+    metric = PoseMetrics(LIP)
+    missing = 0
+    for n in range(20):
+        gt = rng.uniform(50, 150, (LIP.num_joints, 2))
+        gt[LIP.pckh.neck] = gt[LIP.pckh.head_top] + [0.0, 40.0]  # head size 40
+        pred = gt + rng.uniform(-5, 5, gt.shape)
+        gone = rng.choice(LIP.num_joints, size=2 if n % 2 else 1, replace=False)  # 1.5 of 16 per image
+        pred[gone] = np.nan
+        missing += int(np.isin(gone, LIP.pckh.average).sum())
+        metric.update(pred, gt)
+    r = metric.compute()
+    counted = 20 * len(LIP.pckh.average)
+    assert r["pckh"] == pytest.approx(100.0 * (counted - missing) / counted)
+    assert r["images"] == 20 and r["pckh"] < 95

@@ -32,7 +32,7 @@ def test_python_dash_m_entry_point() -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="setuptools is needed to build the wheel")
-def test_non_editable_wheel_ships_the_manifests(tmp_path: Path) -> None:
+def test_non_editable_wheel_ships_the_manifests_and_the_papers_numbers(tmp_path: Path) -> None:
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(pip + ["wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(wheel_dir)],
@@ -42,10 +42,12 @@ def test_non_editable_wheel_ships_the_manifests(tmp_path: Path) -> None:
     probe = (
         "import mula_cli, pathlib; from mula_cli.manifests import load_manifest, available_manifests;"
         f"assert pathlib.Path(mula_cli.__file__).resolve().is_relative_to(pathlib.Path(r'{target}').resolve());"
-        "print(available_manifests()); print(load_manifest('lip').num_classes, load_manifest('synthetic').num_joints)"
+        "print(available_manifests()); print(load_manifest('lip').num_classes, load_manifest('synthetic').num_joints);"
+        "from mula_cli.reproduce.paper import paper_tables; print('paper tables', sorted(paper_tables()))"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env,
                          check=False)
     assert out.returncode == 0, out.stderr
     assert "pascal_person_part" in out.stdout and "20 16" in out.stdout
+    assert "paper tables [1, 2, 3, 4, 6]" in out.stdout  # the paper's numbers ship too

@@ -159,6 +159,7 @@ def _predict(root: Path, weights: Path, seed: int, device: str) -> Path:
     """Predict on the held-out test pictures and on a new generated photo of a person."""
     from PIL import Image
 
+    from mula_cli.commands.predict import Source
     from mula_cli.commands.predict import predict as predict_command
     from mula_cli.data.synthetic.writer import lip_scene
 
@@ -172,7 +173,8 @@ def _predict(root: Path, weights: Path, seed: int, device: str) -> Path:
     try:
         predict_command([str(photos / "person.jpg"), *map(str, tests)], weights=weights, out_path=None,
                         pose_path=None, vis_path=None, out_dir=target, overlays=True, flip=False, device=device,
-                        batch_size=8, quiet=True)
+                        batch_size=8, source=Source.auto, stride=1, smooth=False, show=False, fast=True, bf16=False,
+                        quiet=True)
     except typer.Exit as exc:
         if exc.exit_code:
             raise

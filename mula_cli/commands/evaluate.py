@@ -16,23 +16,14 @@ from mula_cli.errors import MulaError
 from mula_cli.files import atomic_write, finite_json, next_dir, write_json
 
 
-def parse_scales(text: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        scales = ()
-    if not scales or any(not 0.25 <= s <= 4 for s in scales):
-        raise MulaError(f"--scales {text!r} must be comma-separated factors between 0.25 and 4, e.g. 0.75,1,1.25")
-    return scales
-
-
 def evaluate(
     weights: Path = typer.Argument(..., help="Weights file (a run's best.pt, or from `mula import-official`)."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset name under MULA_HOME, a cache path, or a LIP-layout folder. Default: the dataset the weights were trained on."),
     split: str = typer.Option("val", "--split", help="Split to score."),
     flip: bool = typer.Option(False, "--flip", help="Flip testing for parsing too (pose is flip-averaged by the official protocol anyway)."),
     pose_flip: bool = typer.Option(True, "--pose-flip/--no-pose-flip", help="Average pose heatmaps with the mirrored image (official protocol)."),
-    scales: str = typer.Option("1", "--scales", help="Multi-scale testing for both tasks, e.g. 0.75,1,1.25."),
+    scales: str = typer.Option("1", "--scales", help="Multi-scale testing for both tasks: the picture resized by each factor, e.g. 0.75,1,1.25, or 'paper' (0.7,0.85,1,1.15,1.3)."),
+    protocol: str = typer.Option("default", "--protocol", help="Test-time processing: default, or authors (their code's placement, heatmap cropping, integer coordinates and parsing map-back; see docs/fidelity.md)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N images."),
     save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="Also write the LIP pose CSV and one label PNG per image here."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
@@ -46,12 +37,19 @@ def evaluate(
     from mula_cli.devices import amp_dtype as resolve_amp
     from mula_cli.devices import pick_device
     from mula_cli.evaluation import eval_loader, evaluate_model
-    from mula_cli.inference import InferenceOptions
+    from mula_cli.inference import PROTOCOLS, InferenceOptions, parse_scales
     from mula_cli.manifests import manifest_from_json
     from mula_cli.model.weights import load_weights
     from mula_cli.progress import make_progress
 
-    options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=parse_scales(scales))
+    if protocol not in PROTOCOLS:
+        raise MulaError(f"--protocol {protocol!r} is unknown; use {' or '.join(PROTOCOLS)}")
+    options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=parse_scales(scales),
+                               protocol=protocol)
+    if protocol == "authors":
+        from mula_cli.authors_protocol import check_options
+
+        check_options(pose_flip, flip, options.scales)
     dev = pick_device(device)
     amp_dtype = resolve_amp(amp, dev)
     model, config, extra = load_weights(weights, map_location=dev)
@@ -65,7 +63,7 @@ def evaluate(
             raise MulaError(f"{weights} predicts {config.num_classes} classes / {config.num_joints} joints but "
                             f"{cache_path} has {manifest.num_classes} / {manifest.num_joints}; pick the matching --data")
         loader = eval_loader(cache_path, split, config.input_size, config.stride, batch_size=batch_size,
-                             workers=workers, limit=limit)
+                             workers=workers, limit=limit, options=options)
         writer = _PredictionWriter(save_dir, manifest) if save_dir else None
         with make_progress(as_json) as bar:
             task = bar.add_task(f"evaluate {manifest.name}/{split}", total=len(loader.dataset), unit="images")
@@ -75,8 +73,7 @@ def evaluate(
     folder = save_dir or next_dir(Path("runs/evaluate"))
     doc = {
         "weights": str(weights), "data": str(data or manifest.name), "split": split, "images": result.images,
-        "protocol": {"pose_flip": pose_flip, "parsing_flip": flip, "scales": list(options.scales),
-                     "iou_mean": "nan-mean over classes present in ground truth or prediction"},
+        "protocol": protocol_record(options, config.input_size),
         "parsing": {**result.parsing, "class_names": list(manifest.classes)},
         "pose": None if result.pose is None else {**result.pose, "joint_names": list(manifest.joints)},
         "seconds": round(result.seconds, 2),
@@ -90,6 +87,17 @@ def evaluate(
     _print_tables(result, manifest)
     out.print(f"{result.images:,} images in {result.seconds:.1f} s; metrics: {folder / 'metrics.json'}"
               + (f"; predictions: {save_dir}" if save_dir else ""))
+
+
+def protocol_record(options, input_size: int) -> dict:
+    """What metrics.json says about the test-time processing, including the sizes the model saw."""
+    return {"name": options.protocol, "pose_flip": options.pose_flip,
+            "parsing_flip": options.parsing_flip if options.protocol != "authors" else False,
+            "scales": list(options.scales), "window": input_size,
+            # the picture's long edge in each window: multi-scale resizes the picture, not the window
+            "long_edge_per_scale": [round(s * input_size) for s in options.scales],
+            "parsing_scales": [1.0] if options.protocol == "authors" else list(options.scales),
+            "iou_mean": "nan-mean over classes present in ground truth or prediction"}
 
 
 def _cache_for(data: Optional[str], trained_on, split: str, tmp: Path) -> Path:

@@ -1,10 +1,11 @@
-"""``mula predict``: parsing PNGs, pose JSON and overlays for your own pictures."""
+"""``mula predict``: parsing PNGs, pose JSON and overlays for your own pictures, videos and cameras."""
 
 from __future__ import annotations
 
 import glob
 import hashlib
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,34 @@ from mula_cli.errors import MulaError
 from mula_cli.files import atomic_write, next_dir, write_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+
+
+class Source(str, Enum):
+    auto = "auto"
+    images = "images"
+    video = "video"
+    webcam = "webcam"
+
+
+def video_source(sources: list[str], kind: Source) -> tuple[str, bool] | None:
+    """(source, is a camera) when ``mula predict`` should run on a video, stream or camera, else None."""
+    from mula_cli.video import is_video
+
+    if kind == Source.images:
+        return None
+    if kind == Source.webcam:
+        if len(sources) > 1:
+            raise MulaError(f"--source webcam takes one camera (an index like 0 or a device path), not {len(sources)}")
+        return (sources[0] if sources else "0"), True
+    if not sources:
+        raise MulaError("nothing to predict: name pictures, folders, a video, a stream URL, or a camera (0)")
+    videos = [s for s in sources if kind == Source.video or is_video(s)]
+    if not videos:
+        return None
+    if len(sources) > 1:
+        raise MulaError(f"predict one video, stream or camera at a time ({videos[0]} is one of {len(sources)} "
+                        "sources); run mula predict once per video")
+    return videos[0], False
 
 
 def expand_sources(sources: list[str]) -> list[tuple[Path, Path]]:
@@ -69,35 +98,50 @@ def pose_document(image: Path, size: tuple[int, int], prediction, predictor, wei
 
 
 def predict(
-    sources: list[str] = typer.Argument(..., help="Images, folders (searched recursively) or globs like 'photos/*.jpg'."),
+    sources: Optional[list[str]] = typer.Argument(None, help="Images, folders (searched recursively), globs like 'photos/*.jpg', or one video file, stream URL (rtsp://, http://...) or camera (0, /dev/video1)."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weights (.pt) or an exported model (.torchscript/.onnx). Default: the newest runs/train/*/weights/best.pt."),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Parsing PNG for a single image (palette PNG, pixel = class id)."),
-    pose_path: Optional[Path] = typer.Option(None, "--pose", help="Pose JSON for a single image."),
-    vis_path: Optional[Path] = typer.Option(None, "--vis", help="Overlay picture for a single image."),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for <name>.png, <name>.json and <name>_overlay.jpg of every image (folder structure mirrored). Default: runs/predict/expN."),
-    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="With --out-dir: also write overlay pictures."),
+    pose_path: Optional[Path] = typer.Option(None, "--pose", help="Pose JSON for a single image; JSON Lines (one record per frame) for a video."),
+    vis_path: Optional[Path] = typer.Option(None, "--vis", help="Overlay picture for a single image; overlay video (.mp4, .mkv, .mov, .avi, .webm) for a video."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for <name>.png, <name>.json and <name>_overlay.jpg of every image (folder structure mirrored); for a video, per-frame label PNGs in <name>/ (and the overlay and JSON Lines unless --vis/--pose name them). Default: runs/predict/expN."),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="With --out-dir: also write overlay pictures (the overlay video for a video)."),
     flip: bool = typer.Option(False, "--flip", help="Flip testing for parsing too (pose is flip-averaged anyway)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images (video frames) per forward pass."),
+    source: Source = typer.Option(Source.auto, "--source", help="What the arguments are: auto (by name), images, video (a file or URL whatever its name), webcam (a camera; the argument is its index or device, default 0)."),
+    stride: int = typer.Option(1, "--stride", min=1, help="Video: predict every n-th frame (the overlay video then has 1/n of the frame rate)."),
+    smooth: bool = typer.Option(False, "--smooth", help="Video: smooth joints over time (One Euro filter) for steadier skeletons."),
+    show: bool = typer.Option(False, "--show", help="Video and camera: show the overlay in a window as it is made (nothing is shown without a display)."),
+    fast: bool = typer.Option(True, "--fast/--eager", help="The fast path (BatchNorm folded, channels_last, fused convolutions; same results up to float rounding) or the plain eager model."),
+    bf16: bool = typer.Option(False, "--bf16", help="Run the network in bfloat16 (autocast): faster on recent GPUs; results differ from float32 beyond rounding."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Predict parsing and pose; outputs are at each picture's original resolution."""
-    from mula_cli.predictor import Predictor, read_image
+    """Predict parsing and pose on pictures (at their original resolution), a video, a stream or a camera."""
+    from mula_cli.predictor import read_image
     from mula_cli.progress import make_progress
     from mula_cli.visualize import draw_skeleton, overlay, save_label_png
 
     check_device_option(device)  # before looking for pictures: a typo is reported first
+    sources = list(sources or [])
+    video = video_source(sources, source)
+    if video is not None:
+        if out_path is not None:
+            raise MulaError("--out names one label PNG; for a video, --out-dir writes one label PNG per frame")
+        predictor = _predictor(weights, device, flip, fast, bf16)
+        from mula_cli.commands.predict_video import VideoRequest, predict_video_command
+
+        predict_video_command(VideoRequest(source=video[0], camera=video[1], vis_path=vis_path, pose_path=pose_path,
+                                           out_dir=out_dir, overlays=overlays, stride=stride, batch_size=batch_size,
+                                           smooth=smooth, show=show, quiet=quiet), predictor)
+        return
     items = expand_sources(sources)
     if not items:
         raise MulaError(f"no images found in {', '.join(sources)}")
     single = out_path or pose_path or vis_path
     if single and len(items) > 1:
         raise MulaError(f"--out/--pose/--vis name files for one image but {len(items)} were given; use --out-dir")
-    if weights is None:
-        weights = newest_best()
-        out.print(f"using weights {weights} (the newest best.pt under runs/train)")
-    predictor = Predictor(weights, device, flip=flip)
-    weights_id = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    predictor = _predictor(weights, device, flip, fast, bf16)
+    weights_id = hashlib.sha256(Path(predictor.weights).read_bytes()).hexdigest()[:16]
     folder = None if single else (out_dir or next_dir(Path("runs/predict")))
     failed: list[tuple[Path, str]] = []
     written = 0
@@ -120,10 +164,21 @@ def predict(
                     written += 1
             bar.advance(task, len(items[start:start + batch_size]))
     where = folder if folder is not None else ", ".join(str(p) for p in (out_path, pose_path, vis_path) if p)
-    out.print(f"{written} image(s) predicted with {weights}; outputs: {where}")
+    out.print(f"{written} image(s) predicted with {predictor.weights}; outputs: {where}")
     if failed:
         err.print(f"[red]{len(failed)} file(s) could not be read[/]: " + ", ".join(str(f) for f, _ in failed[:5]))
         raise typer.Exit(1)
+
+
+def _predictor(weights: Optional[Path], device: str, flip: bool, fast: bool, bf16: bool):
+    from mula_cli.predictor import Predictor
+
+    if weights is None:
+        weights = newest_best()
+        out.print(f"using weights {weights} (the newest best.pt under runs/train)")
+    predictor = Predictor(weights, device, flip=flip, fast=fast, bf16=bf16)
+    err.print(f"prediction path: {predictor.path}", highlight=False)
+    return predictor
 
 
 def _targets(folder, stem, out_path, pose_path, vis_path, overlays) -> dict[str, Optional[Path]]:

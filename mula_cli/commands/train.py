@@ -34,6 +34,7 @@ def train(
     width: Optional[int] = typer.Option(None, "--width", min=8, help="Feature channels (overrides the preset; small for quick tests).", rich_help_panel=MODEL),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=64, help="Input side in pixels (multiple of 64). Default: 256.", rich_help_panel=MODEL),
     authors_init: Optional[bool] = typer.Option(None, "--authors-init/--head-init", help="Initialise the prediction heads like every other layer (MSRA), as the authors' script does, instead of at the blank prediction (near-zero weights). Default: --head-init.", rich_help_panel=MODEL),
+    paper_mapping: Optional[bool] = typer.Option(None, "--paper-mapping/--release-mapping", help="Feed the next stage from the adapted features, as the paper's text says, instead of the un-adapted ones of the authors' release (docs/fidelity.md). Default: release.", rich_help_panel=MODEL),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Start from these weights (e.g. from `mula import-official`).", rich_help_panel=MODEL),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Epochs. Default: 250.", rich_help_panel=OPTIM),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Total batch size over all GPUs. Default: 24.", rich_help_panel=OPTIM),
@@ -59,10 +60,11 @@ def train(
     from mula_cli.train.engine import train as run_training
 
     flags = {"data": data, "augment": augment, "workers": workers, "val_every": val_every, "val_limit": val_limit, "model": model,
-             "stages": stages, "variant": variant, "width": width, "input_size": input_size, "authors_init": authors_init, "epochs": epochs,
-             "batch_size": batch_size, "lr": lr, "schedule": schedule, "beta": beta, "seed": seed, "device": device,
-             "amp": amp, "sync_bn": sync_bn, "compile": compile_model, "deterministic": deterministic,
-             "device_augment": device_augment, "project": project, "name": name, "log_every": log_every}
+             "stages": stages, "variant": variant, "width": width, "input_size": input_size,
+             "paper_mapping": paper_mapping, "authors_init": authors_init, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+             "schedule": schedule, "beta": beta, "seed": seed, "device": device, "amp": amp, "sync_bn": sync_bn,
+             "compile": compile_model, "deterministic": deterministic, "device_augment": device_augment,
+             "project": project, "name": name, "log_every": log_every}
     if resume is not None:
         path = find_last_checkpoint(Path(project or "runs/train")) if resume == "last" else Path(resume)
         given = sorted(k for k, v in flags.items() if v is not None and k not in ("epochs", "workers", "device", "project"))

@@ -18,6 +18,9 @@ A sample is a dict of tensors:
   ``index``: position in the split, ``id``: the sample id;
 - ``defer_warp`` training only: ``crop`` (3, h, w) uint8 and ``input_to_crop`` (2, 3) instead of
   ``image``, for :func:`mula_cli.data.device_warp.warp_images` (crops differ in size: a list in a batch);
+- evaluation mode with test scales other than (1,): ``views`` (n, 3, S, S) uint8, the picture at
+  each scale, and ``view_affines`` (n, 2, 3); with the authors' protocol ``views`` and ``windows``
+  (their placements, see mula_cli.authors_protocol);
 - evaluation mode only: ``orig_parsing`` (H, W) uint8 ground truth at original size (None when the
   sample has none) and ``orig_joints`` (P, J, 2) in original pixels, for scoring.
 
@@ -45,6 +48,7 @@ from mula_cli.data.transforms import (
     apply_affine,
     letterbox,
     mirror_affine,
+    scale_views,
     train_affine,
     warp_image,
     warp_label,
@@ -63,6 +67,9 @@ class SampleConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     defer_warp: bool = False  # training: leave the resampling to mula_cli.data.device_warp (GPU batches)
+    # evaluation: test scales (the picture at each, see mula_cli.inference) and the test protocol
+    test_scales: tuple[float, ...] = (1.0,)
+    test_protocol: str = "default"
 
 
 class MulaDataset(Dataset):
@@ -138,7 +145,8 @@ class MulaDataset(Dataset):
         else:
             flipped = False
             image, m = letterbox(img, size)
-            pixels = {"image": image.transpose(2, 0, 1), "parsing": self._label_at_input(label, m, False)}
+            pixels = {"image": image.transpose(2, 0, 1), "parsing": self._label_at_input(label, m, False),
+                      **self._test_views(img)}
 
         people = apply_affine(joints.astype(np.float64), m) if len(joints) else joints.astype(np.float64)
         if flipped and len(people):  # positions are mirrored by the matrix; identities swap here
@@ -159,6 +167,17 @@ class MulaDataset(Dataset):
             **({} if cfg.train else {"orig_parsing": label, "orig_joints": joints}),
         }
 
+    def _test_views(self, img: Image.Image) -> dict[str, np.ndarray]:
+        """The picture at every test scale (multi-scale testing, or the authors' protocol), else nothing."""
+        cfg = self.config
+        if cfg.test_protocol == "authors":
+            from mula_cli.authors_protocol import authors_views
+
+            return authors_views(img, cfg.input_size, cfg.test_scales)
+        if tuple(cfg.test_scales) == (1.0,):
+            return {}
+        views, affines = scale_views(img, cfg.input_size, cfg.test_scales)
+        return {"views": views.transpose(0, 3, 1, 2), "view_affines": affines}
 
     def _label_at_input(self, label: np.ndarray | None, m: np.ndarray, flipped: bool) -> np.ndarray:
         size = self.config.input_size

@@ -74,13 +74,17 @@ def mirror_affine(m: np.ndarray, input_size: int) -> np.ndarray:
     return np.array([[-1.0, 0.0, input_size - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([m, [0.0, 0.0, 1.0]])
 
 
-def eval_affine(height: int, width: int, input_size: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-    """The official test transform: long edge to ``input_size``, centred, padded.
+def eval_affine(height: int, width: int, input_size: int,
+                scale: float = 1.0) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """The official test transform: long edge to ``scale * input_size``, centred in the window, padded.
+
+    At ``scale`` 1 the picture fits the window (the official letterbox); above 1 the window cuts
+    the centre of the larger picture (negative padding), below 1 more padding surrounds it.
 
     Returns:
         the 2x3 matrix, the resized (height, width), and the (top, left) padding.
     """
-    zoom = input_size / max(height, width)
+    zoom = scale * input_size / max(height, width)
     nh, nw = max(1, round(height * zoom)), max(1, round(width * zoom))
     top, left = (input_size - nh) // 2, (input_size - nw) // 2
     sy, sx = nh / height, nw / width
@@ -145,8 +149,9 @@ def warp_label(label: np.ndarray, m: np.ndarray, size: int, pad: int = 0) -> np.
 
 
 def letterbox(img: Image.Image, input_size: int, pad: int = 128,
-              orig_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Official test input: bicubic resize of the long edge to ``input_size`` (anti-aliased), centre pad.
+              orig_hw: tuple[int, int] | None = None, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Official test input: bicubic resize of the long edge to ``scale * input_size`` (anti-aliased),
+    centred in the ``input_size`` window on grey (see :func:`eval_affine`).
 
     Args:
         img: the RGB image (possibly already reduced while decoding, see ``orig_hw``).
@@ -154,16 +159,28 @@ def letterbox(img: Image.Image, input_size: int, pad: int = 128,
         pad: grey level of the padding.
         orig_hw: the original (height, width) when ``img`` is a reduced decode of a larger image;
             the matrix then maps original pixels.
+        scale: test scale (multi-scale testing); 1 is the official letterbox.
 
     Returns:
         the (S, S, 3) uint8 input and the original-to-input matrix.
     """
     height, width = orig_hw if orig_hw is not None else (img.height, img.width)
-    m, (nh, nw), (top, left) = eval_affine(height, width, input_size)
-    if max(img.width, img.height) > 4 * input_size:  # huge photos: cheap box reduction first
-        img = img.reduce(max(img.width, img.height) // (2 * input_size))
+    m, (nh, nw), (top, left) = eval_affine(height, width, input_size, scale)
+    target = int(2 * input_size * scale)
+    if max(img.width, img.height) > 2 * target:  # huge photos: cheap box reduction first
+        img = img.reduce(max(img.width, img.height) // target)
     resized = img.resize((nw, nh), Image.Resampling.BICUBIC)
     canvas = Image.new("RGB", (input_size, input_size), (pad, pad, pad))
-    canvas.paste(resized, (left, top))
+    canvas.paste(resized, (left, top))  # negative offsets (scale > 1) crop the centre
     return np.asarray(canvas), m
 
+
+def scale_views(img: Image.Image, input_size: int, scales: tuple[float, ...], pad: int = 128,
+                orig_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The picture at every test scale, each in its own ``input_size`` window (multi-scale testing).
+
+    Returns:
+        (n, S, S, 3) uint8 windows and their (n, 2, 3) original-to-window matrices.
+    """
+    views = [letterbox(img, input_size, pad, orig_hw, scale) for scale in scales]
+    return np.stack([v[0] for v in views]), np.stack([v[1] for v in views])

@@ -45,6 +45,9 @@ class MulaConfig:
     reorders the normalised image to B, G, R before the first convolution, as the authors' models
     expect. ``kernel_size`` is the side ``h`` of the predicted depthwise kernels; the adapters pool
     to ``h x h`` so the input size only has to be a multiple of 64 (Hourglass) or 8 (VGG).
+    ``paper_mapping`` feeds the next stage from the adapted feature R_t, as the paper's text says
+    (Sec. 3.2, "Classification Module"), instead of the un-adapted F_t of the authors' release
+    (the default, which their checkpoints need); see docs/fidelity.md.
     """
 
     preset: str = "hg-5s"
@@ -62,6 +65,7 @@ class MulaConfig:
     pixel_mean: tuple[float, float, float] = OFFICIAL_PIXEL_MEAN
     pixel_std: tuple[float, float, float] = OFFICIAL_PIXEL_STD
     bgr: bool = True
+    paper_mapping: bool = False
     class_names: tuple[str, ...] = ()
     joint_names: tuple[str, ...] = ()
 

@@ -2,7 +2,8 @@
 
 Stage t (architecture.md, "One MuLA stage"): each task encodes its input X_t into F_t, the
 interaction refines F_t into R_t using the other task's feature, a 1x1 head predicts from R_t at
-stride s, and (t < T) ``X_{t+1} = X_t + Conv1x1(F_t) + Conv1x1(pred_t)`` with the un-adapted F_t.
+stride s, and (t < T) ``X_{t+1} = X_t + Conv1x1(F_t) + Conv1x1(pred_t)`` with the un-adapted F_t,
+as the authors' release does (``paper_mapping`` uses R_t, as the paper's text says).
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class MulaStage(nn.Module):
         super().__init__()
         self.shared = cfg.variant == MTL
         self.last = index == cfg.stages - 1
+        self.paper_mapping = cfg.paper_mapping
         pose_maps, parsing_maps = cfg.num_joints + 1, cfg.num_classes
         if self.shared:
             self.shared_features = _make_stage_encoder(cfg)
@@ -131,10 +133,13 @@ class MulaStage(nn.Module):
         else:
             f_pose = self.pose_features(x_pose)
             f_parsing = self.parsing_features(x_parsing)
-        pose = self.pose_head(self.pose_interaction(f_pose, f_parsing))
-        parsing = self.parsing_head(self.parsing_interaction(f_parsing, f_pose))
+        r_pose = self.pose_interaction(f_pose, f_parsing)
+        r_parsing = self.parsing_interaction(f_parsing, f_pose)
+        pose, parsing = self.pose_head(r_pose), self.parsing_head(r_parsing)
         if self.last:
             return pose, parsing, x_pose, x_parsing
+        if self.paper_mapping:  # the paper maps the adapted features R_t to the next stage
+            f_pose, f_parsing = r_pose, r_parsing
         if self.shared:
             x_next = self.mapping(x_pose, f_pose, [pose, parsing])
             return pose, parsing, x_next, x_next

@@ -2,11 +2,12 @@
 
 Their files are ``torch.save({"epoch", "state_dict", "best_pck", "pck_avg_list", "pck_all_list",
 "best_miou", "miou_all_list"})`` with state-dict keys prefixed ``module.front_end_net.``
-(DataParallel around their init wrapper). We load them with ``weights_only=True`` and allow only
-NumPy's scalar reconstructor and float/int dtype classes besides tensors, so a checkpoint can
-never run code. Every tensor the authors' forward pass uses is mapped onto our modules; the
-tensors their modules build but never use (1x1 skip projections where widths match, the VGG
-variant's BN without batch norm) are reported and dropped.
+(DataParallel around their init wrapper); ``pck_all_list`` and ``miou_all_list`` hold NumPy arrays,
+the best scores NumPy scalars. We load them with ``weights_only=True`` and allow only NumPy's array
+and scalar reconstruction with numeric dtypes besides tensors, so a checkpoint can never run code.
+Every tensor the authors' forward pass uses is mapped onto our modules; the tensors their modules
+build but never use (1x1 skip projections where widths match, the VGG variant's BN without batch
+norm) are reported and dropped.
 
 Joint order: the authors' pose heads do not emit LIP/MPII order. Their loader reorders the
 annotations to head-top, upper-neck, right arm, left arm, right leg, left leg, thorax, pelvis
@@ -122,22 +123,35 @@ class ImportReport:
         return None
 
 
+# NumPy dtypes a checkpoint's metric arrays and scalars may have: booleans, integers and floats.
+# Object, string, structured and datetime dtypes stay refused (an object array pickles arbitrary objects).
+_NUMPY_DTYPE_CODES = "?bBhHiIlLqQefdg"
+
+
 def _numpy_safe_globals() -> list[Any]:
-    """NumPy's scalar reconstructor (under both module paths NumPy has used) and its dtype classes."""
+    """Exactly what NumPy needs to unpickle numeric arrays and scalars, and nothing more.
+
+    The authors' script stores per-validation PCKh tables and per-class IoU/accuracy vectors as
+    ``numpy.ndarray`` (``pck_all_list``, ``miou_all_list``) and best scores as NumPy scalars. A pickled
+    array is ``_reconstruct(ndarray, (0,), b"b")`` followed by ``ndarray.__setstate__`` with a dtype
+    built by ``numpy.dtype(...)`` and its ``__setstate__``; a scalar is ``scalar(dtype, bytes)``. The
+    reconstructors are allowed under both module paths NumPy has pickled them with (``numpy.core``
+    before 2.0, ``numpy._core`` since), without importing the deprecated alias. None of these runs
+    code named by the file; anything else (another NumPy function, an object array) is refused.
+    """
     import numpy as np
 
     try:
-        from numpy._core.multiarray import scalar
+        from numpy._core import multiarray
     except ImportError:  # NumPy < 2
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
-    allowed: list[Any] = [
-        (scalar, "numpy.core.multiarray.scalar"),
-        (scalar, "numpy._core.multiarray.scalar"),
-        np.dtype,
-    ]
-    for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType"):
-        if hasattr(np, "dtypes") and hasattr(np.dtypes, name):
-            allowed.append(getattr(np.dtypes, name))
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    allowed: list[Any] = []
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(multiarray.scalar, f"{module}.scalar"), (multiarray._reconstruct, f"{module}._reconstruct")]
+    allowed += [np.ndarray, np.dtype]
+    # Unpickling builds each dtype as an instance of its own class (numpy.dtypes.Float64DType, ...),
+    # which must be allowed too for its __setstate__ to run.
+    allowed += sorted({type(np.dtype(code)) for code in _NUMPY_DTYPE_CODES}, key=lambda t: t.__name__)
     return allowed
 
 

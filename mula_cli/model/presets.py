@@ -1,4 +1,4 @@
-"""Named models: the authors' MuLA models and the ablations of the paper's Tables 1 and 2.
+"""Named models: the authors' MuLA models and the ablations of the paper's Tables 1 (VGG16-FCN) and 2 (Hourglass).
 
 ``PRESETS`` maps each name to its build function; ``build_model(name, **overrides)`` calls it.
 Classes and joints default to the LIP manifest's; pass a dataset's counts and names to override
@@ -39,24 +39,25 @@ _VGG = {"encoder": VGG16, "width": 512, "stages": 1, "kernel_size": 3}
 def _preset_fields() -> dict[str, dict[str, Any]]:
     """Name -> the config fields that define it (everything else takes the MulaConfig default)."""
     fields: dict[str, dict[str, Any]] = {}
-    # HG-ms-1u-MuLA, m = 1..5 (hg-5s is the authors' released model).
+    # Table 2: HG-ms-1u-MuLA, m = 1..5 (hg-5s is the authors' released model).
     for m in range(1, 6):
         fields[f"hg-{m}s"] = {**_HOURGLASS, "stages": m, "variant": MULA}
-    # HG-0s: one hourglass per task, no interaction.
+    # Table 2's HG-0s-1u-MuLA: one hourglass per task, no interaction.
     fields["hg-0s"] = {**_HOURGLASS, "stages": 1, "variant": INDEPENDENT}
-    # HG-k x 1u: an ordinary stacked hourglass per task, k stages, no adaptation.
+    # HG-k x 1u: an ordinary stacked hourglass per task, k stages, no adaptation (Table 2 has HG-2x1u;
+    # HG-5x1u is the baseline of Fig. 4 and Table 6).
     for k in range(2, 6):
         fields[f"hg-{k}x1u"] = {**_HOURGLASS, "stages": k, "variant": INDEPENDENT}
-    # Table 1 ablations on the one-stage Hourglass.
+    # Table 1's interactions on the one-stage Hourglass: mula's own, not in the paper (its Table 1 is VGG16-FCN).
     for variant in (ADD, MULTI, CONCAT, MTL, SELF, LA_POSE, LA_PARSING):
         fields[f"hg-1s-{variant}"] = {**_HOURGLASS, "stages": 1, "variant": variant}
-    # One-directional adaptation on the full model.
+    # One-directional adaptation on the full model (not in the paper).
     for variant in (LA_POSE, LA_PARSING):
         fields[f"hg-5s-{variant}"] = {**_HOURGLASS, "stages": 5, "variant": variant}
     # Table 2's per-stage switch: adaptation only in stage 1 or only in stage 2 of two stages.
     fields["hg-2s-adapt-s1"] = {**_HOURGLASS, "stages": 2, "variant": MULA, "adapt_stages": (True, False)}
     fields["hg-2s-adapt-s2"] = {**_HOURGLASS, "stages": 2, "variant": MULA, "adapt_stages": (False, True)}
-    # VGG16-FCN: the independent baseline and every interaction on top of it.
+    # Table 1, VGG16-FCN: the independent baseline and every interaction on top of it.
     fields["vgg16-fcn"] = {**_VGG, "variant": INDEPENDENT}
     for variant in (ADD, MULTI, CONCAT, MTL, SELF, LA_POSE, LA_PARSING, MULA):
         fields[f"vgg16-fcn-{variant}"] = {**_VGG, "variant": variant}
@@ -98,6 +99,7 @@ def preset_config(
     hourglass_depth: int | None = None,
     adapt_stages: tuple[bool, ...] | None = None,
     kernel_size: int | None = None,
+    paper_mapping: bool | None = None,
     class_names: tuple[str, ...] = (),
     joint_names: tuple[str, ...] = (),
 ) -> MulaConfig:
@@ -124,6 +126,7 @@ def preset_config(
         "hourglass_depth": hourglass_depth,
         "adapt_stages": adapt_stages,
         "kernel_size": kernel_size,
+        "paper_mapping": paper_mapping,
     }
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if stages is not None and adapt_stages is None:

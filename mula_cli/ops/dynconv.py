@@ -8,8 +8,9 @@ scripting takes the grouped convolution, tracing and ONNX export the batch-indep
 form; otherwise ``MULA_DYNCONV`` (read once, when first needed; :func:`set_dispatch_mode` changes it)
 picks:
 
-- ``auto`` (default): the Triton operator (``mula_cli.ops.dynconv_op``) for CUDA tensors it supports,
-  else the grouped convolution. The first call for each (kernel size, layout, dtype, device) checks
+- ``auto`` (default): the Triton operator (``mula_cli.ops.dynconv_op``) for CUDA tensors it supports;
+  on the CPU the per-sample form for channels_last tensors (the prediction fast path's layout), else
+  the grouped convolution. The first call for each (kernel size, layout, dtype, device) checks
   the Triton path on that call's inputs (the kernels compile, run, and their forward and both
   gradients agree with the grouped convolution); on any failure that case falls back to the grouped
   convolution, with one warning naming the cause. A working model never becomes a traceback.
@@ -92,6 +93,21 @@ def dynamic_depthwise_conv2d_grouped(x: Tensor, weight: Tensor) -> Tensor:
     return out.reshape(b, c, h, w)
 
 
+def dynamic_depthwise_conv2d_per_sample(x: Tensor, weight: Tensor) -> Tensor:
+    """One ordinary depthwise convolution per sample, written into one output in ``x``'s layout.
+
+    The fastest CPU form for channels_last features: folding the batch into the channels (the
+    grouped form) cannot be a view of a channels_last tensor, so it copies the input and returns a
+    contiguous result that the next convolution reorders again; per sample, oneDNN's depthwise
+    kernel reads and writes channels_last directly (2.5-3x faster at batch 2 and 16 on one core).
+    """
+    k = weight.shape[-1]
+    out = torch.empty_like(x)
+    for b in range(x.shape[0]):
+        out[b : b + 1] = F.conv2d(x[b : b + 1], weight[b].unsqueeze(1), padding=k // 2, groups=x.shape[1])
+    return out
+
+
 def dynamic_depthwise_conv2d(x: Tensor, weight: Tensor) -> Tensor:
     """Convolve each sample with its own depthwise kernel.
 
@@ -110,6 +126,10 @@ def dynamic_depthwise_conv2d(x: Tensor, weight: Tensor) -> Tensor:
     return _dispatch(x, weight)
 
 
+def _channels_last(x: Tensor) -> bool:
+    return x.shape[0] > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def auto_takes(x: Tensor) -> bool:
     """Whether ``auto`` tries the Triton path for ``x`` at all: CUDA tensors (never the interpreter)."""
     return x.is_cuda
@@ -117,6 +137,8 @@ def auto_takes(x: Tensor) -> bool:
 
 def _dispatch(x: Tensor, weight: Tensor) -> Tensor:
     mode = dispatch_mode()
+    if mode == "auto" and not x.is_cuda and _channels_last(x):
+        return dynamic_depthwise_conv2d_per_sample(x, weight)
     if mode == "grouped" or (mode == "auto" and not auto_takes(x)):
         return dynamic_depthwise_conv2d_grouped(x, weight)
     reason = dynconv_op.triton_unsupported_reason(x, weight.shape[-1], weight)

@@ -98,7 +98,8 @@ def _seed_everything(seed: int) -> None:
 def build_training_model(cfg: TrainConfig, manifest: DatasetManifest) -> MuLA:
     """The model ``cfg`` trains, sized for ``manifest`` and initialised (on the current default device)."""
     return build_model(cfg.model, **dataset_overrides(manifest), stages=cfg.stages, variant=cfg.variant,
-                       width=cfg.width, input_size=cfg.input_size, authors_init=cfg.authors_init)
+                       width=cfg.width, input_size=cfg.input_size, paper_mapping=cfg.paper_mapping or None,
+                       authors_init=cfg.authors_init)
 
 
 def train(cfg: TrainConfig, *, resume: Path | None = None, weights: Path | None = None,

@@ -1,0 +1,301 @@
+"""The authors' test-time processing, step for step (``--protocol authors``).
+
+``NieXC/pytorch-mula`` tests LIP pictures with OpenCV and NumPy (``utils/eval_util.py``); their
+numbers come out of these steps, which differ from ``mula``'s default protocol
+(:mod:`mula_cli.inference`) in small ways that each move PCKh or mIoU a little. ``docs/fidelity.md``
+lists every difference and its measured effect. Per picture (H x W, long edge L, window S):
+
+1. Placement: ``base = 1 / (L / S)``; for each test scale s the picture is resized by
+   ``f = base * s`` (bicubic, OpenCV's: Keys a = -0.75, no anti-aliasing, size ``round(W f)``),
+   the window centre is ``int(W / 2 * f)``, ``int(H / 2 * f)`` and the S x S window is cut
+   around it with grey 128 padding. Their crop stops one pixel short of the resized picture's
+   last row and column (``min(end, size - 1)`` as an exclusive bound), so those stay grey.
+2. Pose: final-stage heatmaps of the window and of its mirror (channels swapped back) resized to
+   S (bilinear) and averaged; per scale the part of the window that holds the picture is cut out,
+   resized by ``1 / s`` and added into an S x S canvas of zeros at ``int((S - size) / 2)``; the
+   sum is divided by the number of scales (scale 1 must be among them). Gaussian blur (sigma 3),
+   argmax, and ``(argmax - store_start + crop_start) / base`` with scale 1's window (no
+   half-pixel terms). Their CSV holds ``int()`` of that, which is what their PCKh scores.
+3. Parsing: scale 1, one pass, no flip: argmax of the logits upsampled to S, pasted into a zero
+   (background) map of the resized picture's size, resized to H x W with OpenCV's nearest
+   neighbour (``src = floor(dst * src_size / dst_size)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mula_cli.errors import MulaError
+from mula_cli.heatmaps import flip_heatmaps, gaussian_blur
+from mula_cli.inference import to_original
+from mula_cli.manifests import DatasetManifest
+from mula_cli.model.loss import upsample_logits
+
+PAD = 128
+
+
+@dataclass(frozen=True)
+class AuthorsSteps:
+    """Which of the authors' steps to take; a step switched off is done mula's default way instead.
+
+    All on is their protocol. Switching one off measures what that step alone moves
+    (``benchmarks/protocol_fidelity.py``, docs/fidelity.md).
+    """
+
+    placement: bool = True  # OpenCV bicubic, centre int(W/2*f), crop one pixel short (off: mula's letterbox)
+    crop_heatmaps: bool = True  # cut the padding out of the heatmaps before fusing (off: whole window)
+    integer_coordinates: bool = True  # (pos - store + crop) / base, int() (off: pixel centres, no rounding)
+    parsing_map_back: bool = True  # background map of the resized picture, OpenCV nearest (off: mula's)
+
+
+ALL_STEPS = AuthorsSteps()
+# OpenCV's fixed-point resize (INTER_RESIZE_COEF_BITS = 11): coefficients are scaled by 2048 and
+# rounded, both passes sum integers, the result is rounded once at the end.
+_COEF_BITS = 11
+
+
+def _keys_cubic(t: np.ndarray) -> np.ndarray:
+    """OpenCV's four bicubic coefficients (A = -0.75) for fractional offsets ``t``, in float32."""
+    a = np.float32(-0.75)
+    t = t.astype(np.float32)
+    c0 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
+    c1 = ((a + 2) * t - (a + 3)) * t * t + 1
+    c2 = ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1
+    c3 = np.float32(1) - c0 - c1 - c2
+    return np.stack([c0, c1, c2, c3], axis=-1)
+
+
+def _cubic_matrix(size_in: int, size_out: int, factor: float) -> np.ndarray:
+    """(size_out, size_in) integer weights of OpenCV's bicubic resize by ``factor`` (edge taps clamped)."""
+    dst = np.arange(size_out, dtype=np.float64)
+    src = ((dst + 0.5) * (1.0 / factor) - 0.5).astype(np.float32)  # OpenCV computes it in float
+    start = np.floor(src).astype(np.int64)
+    coef = np.rint(_keys_cubic(src - start.astype(np.float32)) * (1 << _COEF_BITS)).astype(np.int64)
+    matrix = np.zeros((size_out, size_in), np.int64)
+    for k in range(4):
+        np.add.at(matrix, (np.arange(size_out), np.clip(start - 1 + k, 0, size_in - 1)), coef[:, k])
+    return matrix
+
+
+def resize_bicubic(pixels: np.ndarray, factor: float) -> np.ndarray:
+    """``cv2.resize(pixels, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)`` for uint8 (H, W, C).
+
+    Same size rule (``round(W * factor)``), sampling positions, coefficients and fixed-point rounding
+    as OpenCV's scalar code; its vectorised path rounds the second pass in float and may differ by
+    one grey level.
+    """
+    h, w = pixels.shape[:2]
+    out_h, out_w = max(1, round(h * factor)), max(1, round(w * factor))
+    wx, wy = _cubic_matrix(w, out_w, factor), _cubic_matrix(h, out_h, factor)
+    rows = np.einsum("xw,hwc->hxc", wx, pixels.astype(np.int64))
+    both = np.einsum("yh,hxc->yxc", wy, rows)
+    return np.clip((both + (1 << (2 * _COEF_BITS - 1))) >> (2 * _COEF_BITS), 0, 255).astype(np.uint8)
+
+
+def _linear_matrix(size_in: int, size_out: int, src_per_dst: float) -> np.ndarray:
+    """(size_out, size_in) float weights of OpenCV's / PyTorch's bilinear resize (half-pixel centres,
+    edges replicated)."""
+    src = (np.arange(size_out) + 0.5) * src_per_dst - 0.5
+    start = np.floor(src)
+    t = src - start
+    start = start.astype(np.int64)
+    t = np.where(start < 0, 0.0, t)
+    start = np.maximum(start, 0)
+    matrix = np.zeros((size_out, size_in))
+    np.add.at(matrix, (np.arange(size_out), np.clip(start, 0, size_in - 1)), 1.0 - t)
+    np.add.at(matrix, (np.arange(size_out), np.clip(start + 1, 0, size_in - 1)), t)
+    return matrix
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where one test scale put the picture (their ``cropped_param``), in resized-picture pixels."""
+
+    factor: float  # base * s
+    crop: tuple[int, int, int, int]  # x0, y0, x1, y1 in the resized picture (x1, y1 exclusive)
+    store: tuple[int, int, int, int]  # x0, y0, x1, y1 in the window
+    resized: tuple[int, int]  # height, width of the resized picture
+
+    def to_array(self) -> np.ndarray:
+        return np.array([self.factor, *self.crop, *self.store, *self.resized], np.float64)
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> Window:
+        v = [float(x) for x in a]
+        ints = [round(x) for x in v[1:]]
+        return cls(v[0], tuple(ints[0:4]), tuple(ints[4:8]), tuple(ints[8:10]))
+
+
+def base_scale(height: int, width: int, input_size: int) -> float:
+    """Their ``1 / (long_edge / crop_size)`` (computed the same way, to the last bit)."""
+    return 1.0 / (max(height, width) * 1.0 / input_size)
+
+
+def cut_window(pixels: np.ndarray, input_size: int, scale: float) -> tuple[np.ndarray, Window]:
+    """The S x S test window of an RGB uint8 picture at one test scale, placed as their test code does."""
+    h, w = pixels.shape[:2]
+    factor = base_scale(h, w, input_size) * scale
+    resized = resize_bicubic(pixels, factor)
+    rh, rw = resized.shape[:2]
+    cx, cy = int(w / 2.0 * factor), int(h / 2.0 * factor)
+    ox, oy = int(cx - input_size / 2.0), int(cy - input_size / 2.0)
+    x0, y0 = max(ox, 0), max(oy, 0)
+    sx0, sy0 = max(-ox, 0), max(-oy, 0)
+    x1, y1 = min(int(cx + input_size / 2.0), rw - 1), min(int(cy + input_size / 2.0), rh - 1)
+    sx1, sy1 = sx0 + (x1 - x0), sy0 + (y1 - y0)
+    window = np.full((input_size, input_size, 3), PAD, np.uint8)
+    window[sy0:sy1, sx0:sx1] = resized[y0:y1, x0:x1]
+    return window, Window(factor, (x0, y0, x1, y1), (sx0, sy0, sx1, sy1), (rh, rw))
+
+
+def letterbox_window(img: Image.Image, input_size: int, scale: float) -> tuple[np.ndarray, Window]:
+    """mula's default window (:func:`mula_cli.data.transforms.letterbox`) described as a :class:`Window`."""
+    from mula_cli.data.transforms import eval_affine, letterbox
+
+    h, w = img.height, img.width
+    pixels, _ = letterbox(img, input_size, scale=scale)
+    _, (nh, nw), (top, left) = eval_affine(h, w, input_size, scale)
+    x0, y0 = max(-left, 0), max(-top, 0)
+    sx0, sy0 = max(left, 0), max(top, 0)
+    cw, ch = min(nw - x0, input_size - sx0), min(nh - y0, input_size - sy0)
+    factor = base_scale(h, w, input_size) * scale
+    return pixels, Window(factor, (x0, y0, x0 + cw, y0 + ch), (sx0, sy0, sx0 + cw, sy0 + ch), (nh, nw))
+
+
+def authors_views(img: Image.Image, input_size: int, scales: tuple[float, ...],
+                  steps: AuthorsSteps = ALL_STEPS) -> dict[str, np.ndarray]:
+    """Sample entries for :func:`predict_originals`: ``views`` (n, 3, S, S) uint8, ``windows`` (n, 11)."""
+    _check_scales(scales)
+    if steps.placement:
+        pixels = np.asarray(img.convert("RGB"))
+        cut = [cut_window(pixels, input_size, s) for s in scales]
+    else:
+        cut = [letterbox_window(img.convert("RGB"), input_size, s) for s in scales]
+    return {"views": np.stack([c[0].transpose(2, 0, 1) for c in cut]),
+            "windows": np.stack([c[1].to_array() for c in cut])}
+
+
+@dataclass
+class OriginalPrediction:
+    """One picture's prediction at its original resolution."""
+
+    labels: torch.Tensor  # (H, W) int64
+    joints: np.ndarray  # (J, 2) x, y (whole pixels, truncated as their CSV holds them)
+    scores: np.ndarray  # (J,)
+
+
+def _fuse_pose(heat: np.ndarray, windows: list[Window], scales: tuple[float, ...], size: int,
+               crop: bool = True) -> np.ndarray:
+    """Their multi-scale fusion of flip-averaged (n, J, S, S) heatmaps into one (J, S, S) canvas
+    (``crop=False``: whole windows, padding included)."""
+    canvas = np.zeros(heat.shape[1:], np.float64)
+    for maps, window, s in zip(heat, windows, scales):
+        x0, y0, x1, y1 = window.store if crop else (0, 0, size, size)
+        part = maps[:, y0:y1, x0:x1]  # the heatmaps of the window's picture, padding cut away
+        ph, pw = part.shape[1:]
+        oh, ow = max(1, round(ph / s)), max(1, round(pw / s))
+        wy, wx = _linear_matrix(ph, oh, s), _linear_matrix(pw, ow, s)
+        scaled = wy @ part @ wx.T  # (J, size / s, size / s)
+        top, left = int((size - oh) / 2.0), int((size - ow) / 2.0)
+        # their code would fail where the part overhangs the canvas; keep the overlap instead
+        y0c, y1c, x0c, x1c = max(top, 0), min(top + oh, size), max(left, 0), min(left + ow, size)
+        canvas[:, y0c:y1c, x0c:x1c] += scaled[:, y0c - top: y1c - top, x0c - left: x1c - left]
+    return canvas / len(scales)
+
+
+def _labels_to_original(argmax: np.ndarray, window: Window, orig_hw: tuple[int, int]) -> np.ndarray:
+    """Paste the window's labels into a background map of the resized picture, then OpenCV-nearest to H x W."""
+    rh, rw = window.resized
+    x0, y0, x1, y1 = window.crop
+    sx0, sy0, sx1, sy1 = window.store
+    resized = np.zeros((rh, rw), np.int64)
+    resized[y0:y1, x0:x1] = argmax[sy0:sy1, sx0:sx1]
+    h, w = orig_hw
+    rows = np.minimum(np.floor(np.arange(h) * (rh / h)).astype(np.int64), rh - 1)
+    cols = np.minimum(np.floor(np.arange(w) * (rw / w)).astype(np.int64), rw - 1)
+    return resized[rows[:, None], cols[None, :]]
+
+
+def _window_affine(window: Window, orig_hw: tuple[int, int]) -> np.ndarray:
+    """The original-to-window matrix of a placement (pixel centres), for mula's map-back."""
+    fy, fx = window.resized[0] / orig_hw[0], window.resized[1] / orig_hw[1]
+    shift_x, shift_y = window.store[0] - window.crop[0], window.store[1] - window.crop[1]
+    return np.array([[fx, 0.0, 0.5 * fx - 0.5 + shift_x], [0.0, fy, 0.5 * fy - 0.5 + shift_y]])
+
+
+@torch.no_grad()
+def predict_originals(model: torch.nn.Module, views: torch.Tensor, windows: np.ndarray,
+                      orig_sizes: list[tuple[int, int]], manifest: DatasetManifest, scales: tuple[float, ...],
+                      blur_sigma: float = 3.0, steps: AuthorsSteps = ALL_STEPS) -> list[OriginalPrediction]:
+    """The authors' predictions for a batch, at each picture's original resolution.
+
+    Args:
+        model: a MuLA model in eval mode.
+        views: (B, n, 3, S, S) windows from :func:`authors_views` on the model's device.
+        windows: (B, n, 11) their placements (``Window.to_array``).
+        orig_sizes: each picture's (height, width).
+        manifest: mirror pairs for the flip.
+        scales: the n test scales (1 among them).
+        blur_sigma: the heatmap blur.
+        steps: which of their steps to take (all: their protocol).
+    """
+    b, n, _, size, _ = views.shape
+    joints = model.config.num_joints
+    one = next(k for k, s in enumerate(scales) if abs(s - 1.0) < 1e-9)
+    heat = np.zeros((b, n, joints, size, size))
+    argmax = None
+    for k in range(n):
+        x = views[:, k]
+        direct, mirrored = model(x), model(x.flip(-1))  # two passes, as theirs (BN in eval mode)
+        both = torch.cat([direct.pose[-1].float(), flip_heatmaps(mirrored.pose[-1].float(),
+                                                                  manifest.joint_flip_index())])[:, :joints]
+        up = F.interpolate(both, size=(size, size), mode="bilinear", align_corners=False)
+        heat[:, k] = ((up[:b] + up[b:]) * 0.5).double().cpu().numpy()
+        if k == one:
+            logits = upsample_logits(direct.parsing[-1].float(), (size, size))
+            argmax = logits.argmax(dim=1).cpu().numpy()
+    results = []
+    for i in range(b):
+        placed = [Window.from_array(a) for a in windows[i]]
+        fused = _fuse_pose(heat[i], placed, scales, size, crop=steps.crop_heatmaps)
+        blurred = gaussian_blur(torch.from_numpy(fused)[None], blur_sigma)[0].numpy() if blur_sigma > 0 else fused
+        flat = blurred.reshape(joints, -1).argmax(axis=1)  # NumPy: the first maximum, as theirs
+        py, px = np.divmod(flat, size)
+        h, w = orig_sizes[i]
+        base = base_scale(h, w, size)
+        window = placed[one]
+        if steps.integer_coordinates:
+            xs = (px - window.store[0] + window.crop[0]) / base
+            ys = (py - window.store[1] + window.crop[1]) / base
+            coords = np.trunc(np.stack([xs, ys], axis=1))  # int() in their CSV writer
+        else:  # pixel centres: window pixel p is resized pixel q = p - store + crop, at (q + 0.5) * W / w' - 0.5
+            xs = (px - window.store[0] + window.crop[0] + 0.5) * w / window.resized[1] - 0.5
+            ys = (py - window.store[1] + window.crop[1] + 0.5) * h / window.resized[0] - 0.5
+            coords = np.stack([xs, ys], axis=1)
+        scores = blurred.reshape(joints, -1)[np.arange(joints), flat]
+        if steps.parsing_map_back:
+            labels = torch.from_numpy(_labels_to_original(argmax[i], window, (h, w)))
+        else:
+            labels = to_original(torch.from_numpy(argmax[i]), _window_affine(window, (h, w)), (h, w))
+        results.append(OriginalPrediction(labels, coords, scores))
+    return results
+
+
+def _check_scales(scales: tuple[float, ...]) -> None:
+    if not any(abs(s - 1.0) < 1e-9 for s in scales):
+        raise MulaError("--protocol authors needs scale 1 among --scales (their code maps joints back "
+                        "through the scale-1 window)")
+
+
+def check_options(pose_flip: bool, parsing_flip: bool, scales: tuple[float, ...]) -> None:
+    """The authors' protocol has fixed flips (pose always flip-averaged, parsing never) and needs scale 1."""
+    if not pose_flip or parsing_flip:
+        raise MulaError("--protocol authors always flip-averages pose and never parsing; drop --flip / "
+                        "--no-pose-flip (or use the default protocol)")
+    _check_scales(scales)
+

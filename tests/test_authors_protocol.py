@@ -1,0 +1,174 @@
+"""``--protocol authors``: each step of the authors' test code where it differs from the default,
+against hand-computed answers (NieXC/pytorch-mula, utils/eval_util.py and data_augmentation.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_multiscale import SIZE, Probe, _picture
+
+from mula_cli.authors_protocol import (
+    Window,
+    _fuse_pose,
+    _labels_to_original,
+    cut_window,
+    predict_originals,
+    resize_bicubic,
+)
+from mula_cli.data.transforms import letterbox
+from mula_cli.manifests import load_manifest
+
+from conftest import run_cli
+
+LIP = load_manifest("lip")
+
+
+def test_placement_is_their_crop_one_pixel_short() -> None:
+    # H 100, W 60, window 64: base = 0.64, resized 64 x 38 (38.4 rounds down), centre int(19.2) = 19,
+    # int(32.0) = 32; columns 0..36 of the resized picture land at 13..49, its last column (37) and
+    # last row (63) are never copied: their crop end is min(end, size - 1), used as exclusive.
+    pixels = np.full((100, 60, 3), 200, np.uint8)
+    window, placed = cut_window(pixels, SIZE, 1.0)
+    assert placed.resized == (64, 38) and placed.crop == (0, 0, 37, 63) and placed.store == (13, 0, 50, 63)
+    assert (window[:63, 13:50] == 200).all()
+    assert (window[63] == 128).all() and (window[:, 50] == 128).all() and (window[:, 12] == 128).all()
+    ours = letterbox(Image.fromarray(pixels), SIZE)[0]  # the default places all 38 columns and 64 rows
+    assert (ours[:, 13:51] == 200).all() and (ours[63, 13:51] == 200).all()
+    _, at_scale = cut_window(pixels, SIZE, 1.3)  # 83 x 50 (49.92): window rows 9..72, centre int(41.6)
+    assert at_scale.resized == (83, 50) and at_scale.crop[1] == 9 and at_scale.store[1] == 0
+
+
+def test_bicubic_resize_is_opencvs() -> None:
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    assert np.array_equal(resize_bicubic(pixels, 1.0), pixels)  # exact copy at scale 1
+    assert resize_bicubic(np.full((5, 6, 3), 77, np.uint8), 1.7).min() == 77 == resize_bicubic(
+        np.full((5, 6, 3), 77, np.uint8), 1.7).max()
+    out = resize_bicubic(pixels, 2.0)
+    assert out.shape == (14, 18, 3)  # round(W * f), as cv2.resize(None, fx, fy)
+    # every output pixel by hand: source x = (dst + 0.5) / 2 - 0.5, four taps clamped at the edges (Keys, A = -0.75)
+    def keys(t: float) -> list[float]:
+        a = -0.75
+        w = [((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+             ((a + 2) * t - (a + 3)) * t * t + 1, ((a + 2) * (1 - t) - (a + 3)) * (1 - t) ** 2 + 1]
+        return w + [1 - sum(w)]
+
+    def taps(d: int, n: int) -> list[tuple[int, float]]:
+        src = (d + 0.5) / 2.0 - 0.5
+        start = int(np.floor(src))
+        return [(min(max(start - 1 + k, 0), n - 1), w) for k, w in enumerate(keys(src - start))]
+
+    expected = np.array([[[sum(wy * wx * float(pixels[y, x, c]) for y, wy in taps(r, 7) for x, wx in taps(q, 9))
+                           for c in range(3)] for q in range(18)] for r in range(14)])
+    diff = np.abs(out.astype(np.float64) - np.clip(np.round(expected), 0, 255))
+    assert diff.max() <= 1 and diff.mean() < 0.1  # fixed-point rounding only
+    default = np.asarray(Image.fromarray(pixels).resize((18, 14), Image.Resampling.BICUBIC))
+    assert not np.array_equal(out, default)  # PIL's bicubic (A = -0.5) is another filter
+
+
+def test_heatmaps_outside_the_picture_are_cut_before_fusing() -> None:
+    heat = np.zeros((1, 2, SIZE, SIZE))
+    heat[0, :, 30, 5] = 9.0  # a peak in the padding, left of the picture
+    heat[0, :, 20, 30] = 1.0  # the person
+    placed = Window(0.64, (0, 0, 37, 63), (13, 0, 50, 63), (64, 38))
+    fused = _fuse_pose(heat, [placed], (1.0,), SIZE)
+    assert fused[0, 30, 5] == 0.0 and fused[0, 20, 30] == 1.0 and fused[0, 63].max() == 0.0
+    # two scales: the half-size window's picture part is resized by 1 / 0.5 and pasted centred
+    half = np.zeros((1, 1, SIZE, SIZE))
+    half[0, 0, 10:20, 20:30] = 1.0
+    small = Window(0.32, (0, 0, 19, 32), (20, 16, 39, 48), (32, 19))
+    two = _fuse_pose(np.concatenate([np.zeros((1, 1, SIZE, SIZE)), half]), [placed, small], (1.0, 0.5), SIZE)
+    # window rows 16..19, columns 20..29 are part rows 0..3, columns 0..9; resized by 2 (64 x 38) they
+    # cover rows 0..7, columns 0..19 pasted at int((64 - 38) / 2) = 13; two scales: halved
+    assert two.shape == (1, SIZE, SIZE) and two[0, :, :13].max() == 0.0
+    assert two[0, 2, 20] == pytest.approx(0.5) and two[0, 12, 20] == 0.0 and two[0, 2, 40] == 0.0
+
+
+def test_coordinates_map_back_without_half_pixels_and_are_truncated() -> None:
+    model = Probe()
+    img = _picture(100, 60)
+    window, placed = cut_window(np.asarray(img), SIZE, 1.0)
+    views = torch.from_numpy(window.transpose(2, 0, 1).copy())[None, None]
+    found = predict_originals(model, views, placed.to_array()[None, None], [(100, 60)], LIP, (1.0,))[0]
+    assert np.array_equal(found.joints, np.trunc(found.joints))
+    # recompute one joint: argmax of the blurred fused map, then (pos - store + crop) / base
+    from mula_cli.authors_protocol import _fuse_pose as fuse
+    from mula_cli.heatmaps import flip_heatmaps, gaussian_blur
+
+    x = views[:, 0]
+    up = torch.nn.functional.interpolate(
+        torch.cat([model(x).pose[-1], flip_heatmaps(model(x.flip(-1)).pose[-1], LIP.joint_flip_index())])[:, :16],
+        size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    heat = ((up[:1] + up[1:]) * 0.5).double().numpy()
+    blurred = gaussian_blur(torch.from_numpy(fuse(heat, [placed], (1.0,), SIZE))[None], 3.0)[0].numpy()
+    py, px = np.unravel_index(blurred[0].argmax(), blurred[0].shape)
+    assert found.joints[0, 0] == int((px - 13 + 0) / 0.64) and found.joints[0, 1] == int((py - 0 + 0) / 0.64)
+
+
+def test_parsing_goes_back_through_the_resized_picture_with_opencv_nearest() -> None:
+    argmax = np.arange(SIZE * SIZE).reshape(SIZE, SIZE) % 7 + 1  # no background inside the window
+    placed = Window(0.64, (0, 0, 37, 63), (13, 0, 50, 63), (64, 38))
+    labels = _labels_to_original(argmax, placed, (100, 60))
+    assert labels.shape == (100, 60)
+    # row r of the picture reads resized row floor(r * 64 / 100); column c reads floor(c * 38 / 60)
+    for r, c in ((0, 0), (57, 31), (98, 58), (99, 59), (40, 59)):
+        rr, cc = int(np.floor(r * 64 / 100)), int(np.floor(c * 38 / 60))
+        expected = 0 if rr == 63 or cc == 37 else argmax[rr, cc + 13]
+        assert labels[r, c] == expected
+    assert (labels[99] == 0).all() and (labels[:, 59] == 0).all()  # their one-pixel-short crop: background
+
+
+def test_evaluate_with_the_authors_protocol(tiny_weights: Path, tmp_path: Path) -> None:
+    from mula_cli.data.prepare import prepare_dataset
+
+    from trees import build_lip_tree
+
+    build_lip_tree(tmp_path / "LIP", counts={"train": 1, "val": 3}, seed=2)
+    cache = tmp_path / "lip.h5"
+    prepare_dataset(LIP, tmp_path / "LIP", cache)
+    result = run_cli("evaluate", tiny_weights, "--data", cache, "--protocol", "authors", "--scales", "0.85,1",
+                     "--workers", "0", "--save-dir", tmp_path / "a")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert doc["protocol"]["name"] == "authors" and doc["protocol"]["parsing_scales"] == [1.0]
+    assert doc["images"] == 3 and doc["pose"]["images"] + doc["pose"]["excluded_images"] == 3
+    for bad in (["--flip"], ["--scales", "0.9"], ["--protocol-x"]):
+        args = ["--protocol", "authors"] if bad[0] != "--protocol-x" else ["--protocol", "theirs"]
+        out = run_cli("evaluate", tiny_weights, "--data", cache, *args, *[b for b in bad if b != "--protocol-x"])
+        assert out.exit_code == 2, out.output
+
+
+@pytest.mark.parametrize("scales", [(1.0,), (0.7, 1.0, 1.3)])
+def test_authors_predictions_have_the_pictures_size(scales: tuple[float, ...]) -> None:
+    from mula_cli.authors_protocol import authors_views
+
+    img = _picture(80, 45)
+    sample = authors_views(img, SIZE, scales)
+    views = torch.from_numpy(sample["views"])[None]
+    found = predict_originals(Probe(), views, sample["windows"][None], [(80, 45)], LIP, scales)[0]
+    assert found.labels.shape == (80, 45) and found.joints.shape == (16, 2) and np.isfinite(found.scores).all()
+
+
+def test_every_step_switched_off_is_the_default_protocol() -> None:
+    from mula_cli.authors_protocol import AuthorsSteps, authors_views
+    from mula_cli.data.transforms import apply_affine, invert_affine
+    from mula_cli.inference import predict_batch, to_original
+
+    model, img = Probe(), _picture(90, 50)
+    off = AuthorsSteps(placement=False, crop_heatmaps=False, integer_coordinates=False, parsing_map_back=False)
+    sample = authors_views(img, SIZE, (1.0,), off)
+    theirs = predict_originals(model, torch.from_numpy(sample["views"])[None], sample["windows"][None], [(90, 50)],
+                               LIP, (1.0,), steps=off)[0]
+    pixels, m = letterbox(img, SIZE)
+    ours = predict_batch(model, torch.from_numpy(pixels.transpose(2, 0, 1).copy())[None], LIP)
+    joints = apply_affine(ours.joints[0].double().numpy(), invert_affine(m))
+    np.testing.assert_allclose(theirs.joints, joints, atol=1e-4)
+    assert torch.equal(theirs.labels, to_original(ours.labels[0], m, (90, 50)))
+    full = predict_originals(model, torch.from_numpy(authors_views(img, SIZE, (1.0,))["views"])[None],
+                             authors_views(img, SIZE, (1.0,))["windows"][None], [(90, 50)], LIP, (1.0,))[0]
+    assert not np.array_equal(full.joints, theirs.joints) or not torch.equal(full.labels, theirs.labels)
