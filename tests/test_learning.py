@@ -4,7 +4,9 @@ The whole training path runs as a user runs it: ``mula prepare synthetic`` pictu
 (augmentation reduced to mirroring of the test-time input), the loss, the optimiser and the
 engine, then the official evaluation on those same pictures. It fails when the heatmap targets
 are shifted by two cells, when left/right mirroring is broken or when the pose loss is switched
-off (see the notes of issue 10), which a loss-goes-down test cannot notice.
+off, none of which a loss-goes-down test notices. Measured when written (2 cores, about 80 s):
+PCKh 100, PCKh@0.25 95, mIoU 79; targets shifted two cells right: PCKh 87, PCKh@0.25 53; two cells
+down: 13 and 0; left/right identities not swapped on mirroring: PCKh 55; pose loss off: PCKh 4.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def test_a_small_model_overfits_a_handful_of_pictures_in_both_tasks(handful: Pat
     with CacheFile(handful) as cache:
         manifest = cache.manifest
     loader = eval_loader(handful, "train", model.config.input_size, model.config.stride, batch_size=8, workers=0)
-    scores = evaluate_model(model, loader, manifest).summary()
+    result = evaluate_model(model, loader, manifest)
+    scores = {**result.summary(), "pckh@0.25": result.pose["curve"]["0.25"]}
     assert scores["pckh"] >= 90, scores
+    # where the joints land, not only near enough: targets two heatmap cells off still pass PCKh@0.5
+    # now and then (87 measured) but fall to about 50 at a quarter of the head size (95 when right)
+    assert scores["pckh@0.25"] >= 80, scores
     assert scores["miou"] >= 75, scores
