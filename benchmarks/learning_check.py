@@ -20,6 +20,7 @@ short comparison keeps what it measured (and skips it when rerun with the same s
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -27,6 +28,8 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from typing import Any
 import torch
 
 from mula_cli.commands.demo import FULL, DemoPlan, plan_config, run_demo
+from mula_cli.files import write_json
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "learning_check.json"
@@ -60,8 +64,31 @@ def load_results() -> dict[str, Any]:
 
 
 def save_results(results: dict[str, Any]) -> None:
+    write_json(RESULTS, results)
+
+
+@contextmanager
+def results_lock() -> Iterator[None]:
+    """Several ``--compare`` processes (one per core) add their runs to the same JSON file."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def record_run(key: str, plan: DemoPlan, device: str, run_key: str, entry: dict[str, Any]) -> None:
+    """Add one comparison run to the results file, re-read under the lock."""
+    with results_lock():
+        results = load_results()
+        section = results.get(key) if results.get(key, {}).get("plan") == asdict(plan) else None
+        section = section or {"plan": asdict(plan), "device": device, "runs": {}}
+        section["runs"][run_key] = entry
+        section["summary"] = summarise(section["runs"])
+        results[key] = section
+        save_results(results)
 
 
 def demo_check(plan: DemoPlan, device: str, seed: int, keep: Path | None) -> None:
@@ -77,9 +104,10 @@ def demo_check(plan: DemoPlan, device: str, seed: int, keep: Path | None) -> Non
             shutil.copyfile(overlay, OVERLAY)
     entry = {"plan": asdict(plan), "device": device, "seed": seed, "minutes": round(minutes, 2), **machine(),
              "before": metrics["before"], "after": metrics["after"]}
-    results = load_results()
-    results[f"demo_epochs_{plan.epochs}_{device}"] = entry
-    save_results(results)
+    with results_lock():
+        results = load_results()
+        results[f"demo_epochs_{plan.epochs}_{device}"] = entry
+        save_results(results)
     print(json.dumps(entry, indent=2))
 
 
@@ -90,10 +118,9 @@ def compare(plan: DemoPlan, device: str, seeds: list[int], names: list[str]) -> 
     from mula_cli.model.weights import load_weights
     from mula_cli.train.engine import train
 
-    results = load_results()
     key = f"comparison_epochs_{plan.epochs}_{device}"
-    section = results.get(key) if results.get(key, {}).get("plan") == asdict(plan) else None
-    section = section or {"plan": asdict(plan), "device": device, "runs": {}}
+    section = load_results().get(key, {})
+    done = set(section.get("runs", {})) if section.get("plan") == asdict(plan) else set()
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "synthetic.h5"
         prepare_synthetic_dataset(Path(tmp) / "tree", train=plan.train, val=plan.val, test=0, seed=0, out_path=cache,
@@ -103,7 +130,7 @@ def compare(plan: DemoPlan, device: str, seeds: list[int], names: list[str]) -> 
         for name in names:
             for seed in seeds:
                 run_key = f"{name}/seed{seed}"
-                if run_key in section["runs"]:
+                if run_key in done:
                     continue
                 start = time.perf_counter()
                 cfg = plan_config(plan, cache, Path(tmp) / "runs", device, seed, name=f"{name}_{seed}",
@@ -112,12 +139,10 @@ def compare(plan: DemoPlan, device: str, seeds: list[int], names: list[str]) -> 
                 model, config, _ = load_weights(run / "weights" / "last.pt")
                 loader = eval_loader(cache, "val", config.input_size, config.stride, batch_size=16, workers=0)
                 scores = evaluate_model(model, loader, manifest).summary()
-                section["runs"][run_key] = {**scores, "minutes": round((time.perf_counter() - start) / 60, 2),
-                                            **machine()}
-                results[key] = {**section, "summary": summarise(section["runs"])}
-                save_results(results)
-                print(run_key, json.dumps(section["runs"][run_key]), flush=True)
-    print(markdown(results[key]["summary"]))
+                entry = {**scores, "minutes": round((time.perf_counter() - start) / 60, 2), **machine()}
+                record_run(key, plan, device, run_key, entry)
+                print(run_key, json.dumps(entry), flush=True)
+    print(markdown(load_results()[key]["summary"]))
 
 
 def summarise(runs: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -151,7 +176,10 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true", help="compare the variants instead of running the demo")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of --compare")
     parser.add_argument("--variants", default=",".join(COMPARISON), help="variants of --compare")
+    parser.add_argument("--threads", type=int, help="PyTorch threads (1 when running one --compare per core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     plan = replace(FULL, epochs=args.epochs)
     if args.compare:
         names = [n for n in args.variants.split(",") if n]

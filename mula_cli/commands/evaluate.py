@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -27,7 +28,7 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N images."),
     save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="Also write the LIP pose CSV and one label PNG per image here."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
-    workers: int = typer.Option(4, "--workers", "-j", min=0, help="Data-loading processes."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0, help="Data-loading processes. Default: 4, at most one per CPU core."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     amp: str = typer.Option("off", "--amp", help="Mixed precision on CUDA: off|auto|bf16|fp16 (off: fp32, so the numbers do not depend on the GPU)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout instead of tables."),
@@ -62,6 +63,7 @@ def evaluate(
         if (manifest.num_classes, manifest.num_joints) != (config.num_classes, config.num_joints):
             raise MulaError(f"{weights} predicts {config.num_classes} classes / {config.num_joints} joints but "
                             f"{cache_path} has {manifest.num_classes} / {manifest.num_joints}; pick the matching --data")
+        workers = min(4, os.cpu_count() or 1) if workers is None else workers
         loader = eval_loader(cache_path, split, config.input_size, config.stride, batch_size=batch_size,
                              workers=workers, limit=limit, options=options)
         writer = _PredictionWriter(save_dir, manifest) if save_dir else None
