@@ -7,6 +7,11 @@ are shifted by two cells, when left/right mirroring is broken or when the pose l
 off, none of which a loss-goes-down test notices. Measured when written (2 cores, about 80 s):
 PCKh 100, PCKh@0.25 95, mIoU 79; targets shifted two cells right: PCKh 87, PCKh@0.25 53; two cells
 down: 13 and 0; left/right identities not swapped on mirroring: PCKh 55; pose loss off: PCKh 4.
+
+Why mirroring stays on: with no augmentation at all (``--augment none``) the same test passes
+(PCKh 100, PCKh@0.25 94, mIoU 83) and still fails on shifted targets (PCKh 29 and 16) and on a
+switched-off pose loss (PCKh 2), but a broken left/right swap then only reaches the flip test at
+evaluation, which a model that never saw a mirrored picture hardly responds to: PCKh 99, a pass.
 """
 
 from __future__ import annotations
