@@ -193,8 +193,10 @@ def test_channels_last_gives_the_same_outputs() -> None:
 
 
 def test_msra_initialisation() -> None:
+    # the authors' initialisation everywhere (the default differs in the prediction heads only:
+    # tests/test_training_start.py)
     torch.manual_seed(0)
-    model = build_model("hg-1s", width=64, hourglass_depth=1, input_size=64)
+    model = build_model("hg-1s", width=64, hourglass_depth=1, input_size=64, authors_init=True)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             assert torch.equal(module.weight, torch.ones_like(module.weight))
