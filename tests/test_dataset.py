@@ -13,21 +13,16 @@ from PIL import Image
 
 from mula_cli.data.cache import CacheFile
 from mula_cli.data.dataset import MulaDataset, SampleConfig
-from mula_cli.data.prepare import prepare_dataset
 from mula_cli.data.transforms import NO_AUGMENT, AugmentConfig, apply_affine, invert_affine
 from mula_cli.heatmaps import decode_argmax
 from mula_cli.manifests import load_manifest
 
-from trees import build_lip_tree
+from trees import build_lip_cache
 
 
 @pytest.fixture(scope="module")
 def lip_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("lip")
-    build_lip_tree(root / "LIP", counts={"train": 8, "val": 4}, seed=3)
-    path = root / "lip.h5"
-    prepare_dataset(load_manifest("lip"), root / "LIP", path)
-    return path
+    return build_lip_cache(tmp_path_factory.mktemp("lip"), counts={"train": 8, "val": 4}, seed=3)
 
 
 def test_sample_shapes_and_types(lip_cache: Path) -> None:

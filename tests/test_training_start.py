@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from mula_cli.data.dataset import MulaDataset, SampleConfig
-from mula_cli.data.prepare import prepare_dataset
 from mula_cli.data.transforms import AUGMENTATIONS
 from mula_cli.manifests import load_manifest
 from mula_cli.model.loss import mula_loss
 from mula_cli.model.presets import build_model
 from mula_cli.train.balance import balance_columns, measure_balance, shared_parameters
 
-from trees import build_lip_tree
+from trees import build_lip_cache
 
 SIZE = 64
 
@@ -82,11 +81,7 @@ def test_loss_balance_measures_each_task_into_each_stream_and_leaves_training_un
 
 @pytest.fixture(scope="module")
 def lip_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("lip")
-    build_lip_tree(root / "LIP", counts={"train": 6, "val": 2}, seed=5)
-    path = root / "lip.h5"
-    prepare_dataset(load_manifest("lip"), root / "LIP", path)
-    return path
+    return build_lip_cache(tmp_path_factory.mktemp("lip"), counts={"train": 6, "val": 2}, seed=5)
 
 
 def test_augment_none_trains_on_exactly_what_evaluation_sees(lip_cache: Path) -> None:

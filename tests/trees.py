@@ -100,6 +100,17 @@ def build_lip_tree(root: Path, variant: str = "official", counts: dict[str, int]
     return truth
 
 
+def build_lip_cache(root: Path, counts: dict[str, int], seed: int) -> Path:
+    """A LIP tree under ``root/LIP`` prepared into ``root/lip.h5`` (returned)."""
+    from mula_cli.data.prepare import prepare_dataset
+    from mula_cli.manifests import load_manifest
+
+    build_lip_tree(root / "LIP", counts=counts, seed=seed)
+    path = root / "lip.h5"
+    prepare_dataset(load_manifest("lip"), root / "LIP", path)
+    return path
+
+
 def build_pascal_tree(root: Path, counts: dict[str, int] | None = None, seed: int = 0,
                       num_joints: int = 14) -> dict[str, dict[str, tuple]]:
     """Write a tiny PASCAL-Person-Part tree (1-3 people per image, every other .mat file v7.3)."""
