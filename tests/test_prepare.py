@@ -77,6 +77,112 @@ def test_pascal_person_part_both_mat_versions(tmp_path: Path) -> None:
                 assert (occluded[np.isnan(joints[..., 0])] == -1).all()
 
 
+def _preview_cells(output: str, joint_names: list[str]) -> dict[str, list[str]]:
+    """The joint preview table printed by prepare: joint name -> its cells, one per person column."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.split("\u2502")[1:-1]]
+        if cells and cells[0] in joint_names:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _expected_preview(root: Path, ids: list[str]) -> tuple[list[str], dict[int, list[str]]]:
+    """Column headers and, per joint, the cells the preview must show, read from the v5 .mat files directly."""
+    from scipy.io import loadmat
+
+    headers, columns = [], []
+    for sid in ids:
+        cells = loadmat(str(root / "PersonJoints" / f"{sid}.mat"))["joints"]
+        for p in range(min(cells.shape[1], 2, 3 - len(columns))):  # up to 2 people an image, 3 in all
+            headers.append(f"{sid} #{p}")
+            columns.append([("-" if np.isnan(x) else f"({np.float32(x):.1f}, {np.float32(y):.1f})" + ("*" if v == 0 else ""))
+                            for x, y, v in cells[0, p]])
+        if len(columns) >= 3 or len(dict.fromkeys(h.split(" #")[0] for h in headers)) >= 2:
+            break
+    return headers, {j: [col[j] for col in columns] for j in range(len(columns[0]))}
+
+
+def test_pascal_prepare_prints_joint_names_with_their_coordinates(tmp_path: Path) -> None:
+    from mula_cli.manifests import load_manifest
+
+    build_pascal_tree(tmp_path / "PPP", counts={"train": 3, "val": 2})  # train: v5, v7.3, v5 files
+    ids = (tmp_path / "PPP/train_id.txt").read_text().split()
+    result = run_cli("prepare", "pascal-person-part", tmp_path / "PPP", "--out", tmp_path / "ppp.h5")
+    assert result.exit_code == 0, result.output
+    names = list(load_manifest("pascal_person_part").joints)
+    rows = _preview_cells(result.output, names)
+    assert list(rows) == names  # every joint, by name, in the manifest's order
+    first = [sid for sid in ids if f"{sid} #0" in result.output]
+    assert first[0] == ids[0]  # the first image's people come first
+    from scipy.io import loadmat
+
+    people = loadmat(str(tmp_path / "PPP/PersonJoints" / f"{ids[0]}.mat"))["joints"]
+    for p in range(min(people.shape[1], 2)):
+        for j, name in enumerate(names):
+            x, y, v = people[0, p][j]
+            want = "-" if np.isnan(x) else f"({np.float32(x):.1f}, {np.float32(y):.1f})" + ("*" if v == 0 else "")
+            assert rows[name][p] == want, (name, p)
+    assert "-" in rows[names[3]][0]  # trees.py leaves joint 3 of the first person unlabelled
+    assert "pascal_person_part.json" in result.output and "manifests" in result.output
+    quiet = run_cli("prepare", "pascal-person-part", tmp_path / "PPP", "--out", tmp_path / "ppp.h5", "--force", "-q")
+    assert quiet.exit_code == 0 and not _preview_cells(quiet.output, names)
+
+
+def test_synthetic_multi_person_prepare_prints_the_mat_files_joints(tmp_path: Path) -> None:
+    from mula_cli.manifests import load_manifest
+
+    tree = tmp_path / "multi"
+    result = run_cli("prepare", "synthetic", tree, "--multi-person", "--train", "4", "--val", "2", "--seed", "3",
+                     "--out", tmp_path / "multi.h5")
+    assert result.exit_code == 0, result.output
+    names = list(load_manifest("synthetic_multi_person").joints)
+    headers, expected = _expected_preview(tree, (tree / "train_id.txt").read_text().split())
+    assert all(h in result.output for h in headers)
+    rows = _preview_cells(result.output, names)
+    assert list(rows) == names
+    for j, name in enumerate(names):
+        assert rows[name] == expected[j], name
+    assert "synthetic_multi_person.json" in result.output
+
+
+def test_mat_reader_keeps_reading_the_other_layouts(tmp_path: Path) -> None:
+    """Real layout (v5 and a v7.3 re-save), the struct re-packaging, a bare P x J x 3 array, and boxes saved
+    before joints: all give the same people."""
+    from scipy.io import savemat
+
+    from mula_cli.data.matfile import read_person_joints_mat, write_person_joints_mat
+
+    rng = np.random.default_rng(5)
+    joints = np.concatenate([rng.uniform(1, 60, (3, 14, 2)), np.ones((3, 14, 1))], axis=2)
+    joints[1, 4] = (np.nan, np.nan, 0)
+    joints[2, 7, 2] = 0  # labelled, not visible
+    boxes = np.concatenate([joints[:, :, :2].min(1), joints[:, :, :2].max(1)], axis=1)
+    boxes[1] = (3, 4, 50, 55)
+    files = {}
+    for layout in ("cells", "struct"):
+        for v73 in (False, True):
+            files[(layout, v73)] = tmp_path / f"{layout}_{v73}.mat"
+            write_person_joints_mat(files[(layout, v73)], joints, boxes, v73=v73, layout=layout)
+    reordered = np.empty((1, 3), object), np.empty((1, 3), object)
+    for p in range(3):
+        reordered[0][0, p], reordered[1][0, p] = boxes[p].reshape(1, 4), joints[p]
+    savemat(tmp_path / "boxes_first.mat", {"boxes": reordered[0], "joints": reordered[1]})
+    savemat(tmp_path / "bare.mat", {"pose": joints})
+    for path in [*files.values(), tmp_path / "boxes_first.mat", tmp_path / "bare.mat"]:
+        got, got_boxes = read_person_joints_mat(path, 14)
+        np.testing.assert_array_equal(got[..., :2], joints[..., :2].astype(np.float32), err_msg=path.name)
+        np.testing.assert_array_equal(got[..., 2], np.nan_to_num(joints[..., 2]).astype(np.float32), err_msg=path.name)
+        if path.name != "bare.mat":
+            np.testing.assert_array_equal(got_boxes, boxes.astype(np.float32), err_msg=path.name)
+        else:
+            assert np.isnan(got_boxes).all()
+    one_based, _ = read_person_joints_mat(files[("cells", False)], 14, one_based=True)
+    np.testing.assert_allclose(one_based[0, :, :2], joints[0, :, :2].astype(np.float32) - 1, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="layout"):
+        write_person_joints_mat(tmp_path / "x.mat", joints, boxes, layout="json")
+
+
 def _plant_bad_lip_inputs(root: Path) -> None:
     """Damage a tiny official tree in every way the issue lists (train split)."""
     p = lip_paths(root, "official", "train")

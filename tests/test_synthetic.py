@@ -163,7 +163,7 @@ def test_pascal_tree_has_the_official_layout(pascal_tree: Path) -> None:
     ids = [i for split in ("train", "val") for i in (pascal_tree / f"{split}_id.txt").read_text().splitlines()]
     assert len(ids) == 15 and len(set(ids)) == 15 and all(re.fullmatch(r"20\d\d_\d{6}", i) for i in ids)
     assert sorted(p.stem for p in (pascal_tree / "JPEGImages").glob("*.jpg")) == sorted(ids)
-    formats, people, coarse_seen = set(), [], set()
+    people, coarse_seen = [], set()
     for image_id in ids:
         image = Image.open(pascal_tree / "JPEGImages" / f"{image_id}.jpg")
         label = Image.open(pascal_tree / "SegmentationPart" / f"{image_id}.png")
@@ -174,7 +174,6 @@ def test_pascal_tree_has_the_official_layout(pascal_tree: Path) -> None:
         assert parts.max() < PASCAL.num_classes
         coarse_seen |= set(np.unique(parts).tolist())
         mat = pascal_tree / "PersonJoints" / f"{image_id}.mat"
-        formats.add("v73" if mat.read_bytes()[512:516] == b"\x89HDF" else "v5")
         joints, boxes = read_person_joints_mat(mat, PASCAL.num_joints)
         assert joints.shape[1:] == (PASCAL.num_joints, 3) and boxes.shape == (len(joints), 4)
         people.append(len(joints))
@@ -184,9 +183,41 @@ def test_pascal_tree_has_the_official_layout(pascal_tree: Path) -> None:
             assert np.all(person[missing, 2] == 0)
             assert np.all((person[~missing, 0] > -0.5) & (person[~missing, 0] < width - 0.5))
             _check_coarse_parts(parts, person)
-    assert formats == {"v5", "v73"}
     assert 1 <= min(people) and max(people) <= 4 and max(people) >= 2
     assert coarse_seen == set(range(PASCAL.num_classes))
+
+
+def test_pascal_joint_files_have_the_real_layout(pascal_tree: Path) -> None:
+    """As the real files are stored: MATLAB v5, variables `joints` and `boxes`, each a 1 x P cell array of
+    14 x 3 doubles (x, y, visible flag; 0-based pixels) and of 1 x 4 doubles (x1, y1, x2, y2)."""
+    from scipy.io import loadmat
+
+    ids = [i for split in ("train", "val") for i in (pascal_tree / f"{split}_id.txt").read_text().splitlines()]
+    flags = set()
+    for image_id in ids:
+        mat = pascal_tree / "PersonJoints" / f"{image_id}.mat"
+        assert mat.read_bytes()[:19] == b"MATLAB 5.0 MAT-file" and mat.read_bytes()[126:128] == b"IM"  # v5, little-endian
+        raw = loadmat(str(mat))  # scipy reads v5 only: the public loaders read the real files this way
+        assert sorted(k for k in raw if not k.startswith("__")) == ["boxes", "joints"]
+        cells, box_cells = raw["joints"], raw["boxes"]
+        assert cells.dtype == object and box_cells.dtype == object
+        assert cells.shape == box_cells.shape == (1, cells.shape[1]) and cells.shape[1] >= 1
+        width, height = Image.open(pascal_tree / "JPEGImages" / f"{image_id}.jpg").size
+        read_joints, read_boxes = read_person_joints_mat(mat, PASCAL.num_joints)
+        for p in range(cells.shape[1]):
+            joints, box = cells[0, p], box_cells[0, p]
+            assert joints.dtype == np.float64 and joints.shape == (PASCAL.num_joints, 3)
+            assert box.dtype == np.float64 and box.shape == (1, 4)
+            labelled = np.isfinite(joints[:, :2]).all(axis=1)
+            assert np.all(joints[~labelled, 2] == 0)  # unlabelled: NaN coordinates, flag 0
+            flags |= set(joints[labelled, 2].tolist())
+            x, y = joints[labelled, 0], joints[labelled, 1]
+            assert np.all((x > -0.5) & (x < width - 0.5) & (y > -0.5) & (y < height - 0.5))  # 0-based pixels
+            x1, y1, x2, y2 = box[0]
+            assert 0 <= x1 <= x2 < width and 0 <= y1 <= y2 < height
+            np.testing.assert_array_equal(read_joints[p, labelled, :2], joints[labelled, :2].astype(np.float32))
+            np.testing.assert_array_equal(read_boxes[p], box[0].astype(np.float32))
+    assert flags == {0.0, 1.0}  # 1 visible, 0 not visible (occluded)
 
 
 def _check_coarse_parts(parts: np.ndarray, person: np.ndarray) -> None:

@@ -16,7 +16,7 @@ from mula_cli.console import err, out
 from mula_cli.data.prepare import PrepareResult, prepare_dataset
 from mula_cli.errors import MulaError
 from mula_cli.manifests import DatasetManifest, load_manifest
-from mula_cli.paths import default_cache_path, mula_home
+from mula_cli.paths import default_cache_path, mula_home, user_manifest_dir
 from mula_cli.progress import make_progress
 
 app = typer.Typer(
@@ -56,7 +56,36 @@ def run_prepare(manifest: DatasetManifest, root: Path, out_path: Optional[Path],
 
         result = prepare_dataset(manifest, root, out_path, splits, force=force, workers=workers, progress=tick)
     print_summary(result, quiet)
+    if not quiet:
+        print_joint_preview(result, manifest)
     return result
+
+
+def format_xy(xy, occluded: int) -> str:
+    """A joint's cell in the preview: ``(x, y)`` to 0.1 px, ``*`` when flagged not visible, ``-`` when unlabelled."""
+    x, y = float(xy[0]), float(xy[1])
+    if occluded < 0 or x != x or y != y:  # NaN: unlabelled
+        return "-"
+    return f"({x:.1f}, {y:.1f})" + ("*" if occluded == 1 else "")
+
+
+def print_joint_preview(result: PrepareResult, manifest: DatasetManifest) -> None:
+    """The first people read from ``.mat`` joint files, joint by joint, so the joint order can be checked by eye."""
+    if not result.preview:
+        return
+    table = Table(title="joints as read from the .mat files, named in the manifest's order", title_justify="left")
+    table.add_column("joint", no_wrap=True)
+    for person in result.preview:
+        table.add_column(f"{person.image_id} #{person.person}", justify="right", no_wrap=True)
+    for j, name in enumerate(manifest.joints):
+        table.add_row(name, *[format_xy(person.joints[j], int(person.occluded[j])) for person in result.preview])
+    out.print(table)
+    images = ", ".join(str(path) for path in dict.fromkeys(person.image_path for person in result.preview))
+    out.print(f"(x, y): pixels from the top-left corner, 0-based; * flagged not visible; - unlabelled. Look at {images}",
+              soft_wrap=True)
+    fix = user_manifest_dir() / f"{manifest.name}.json"
+    out.print(f"A name on the wrong body part means the files use another joint order: put a corrected copy of the "
+              f"manifest (`joints` and the fields that use joint indices) in {fix}", soft_wrap=True)
 
 
 def print_summary(result: PrepareResult, quiet: bool = False) -> None:

@@ -1,18 +1,31 @@
 """PASCAL-Person-Part joint files (``PersonJoints/<id>.mat``): reading both MATLAB formats, writing.
 
-The public copies of the extended PASCAL-Person-Part keypoints hold, per image, one record per
-person: a ``J x 3`` array (x, y, visible) and a box. They circulate as MATLAB v5 files
-(``scipy.io.loadmat``) and as MATLAB v7.3 files (HDF5, read with ``h5py``), and their variable
-and field names vary. The reader therefore looks for the data by shape rather than by name:
+The extended PASCAL-Person-Part pose files (Xia et al., CVPR 2017), as the one public loader we
+found reads them (``scipy.io.loadmat`` on ``PersonJoints/<id>.mat``, one file per image):
 
+- MATLAB v5 (``scipy.io.loadmat`` reads it; it cannot read v7.3/HDF5);
+- two variables, ``joints`` and ``boxes``, each a ``1 x P`` cell array, one cell per person, in the
+  same order;
+- ``joints{p}``: a ``14 x 3`` double array, one row per joint in the dataset's joint order, columns
+  x (column), y (row) and a visibility flag (non-zero = visible; that loader's authors call the flag
+  unreliable);
+- ``boxes{p}``: a ``1 x 4`` double array ``[x1 y1 x2 y2]`` in pixels.
+
+That is what :func:`write_person_joints_mat` writes by default (``layout="cells"``), and so what the
+synthetic generator writes. Copies of the data get re-saved and converted, so the reader also accepts
+MATLAB v7.3 (HDF5, read with ``h5py``) and finds the joints by shape as well as by name:
+
+- top-level variables as above: one whose name has ``joint``/``keypoint``/``point`` in it, paired
+  with one whose name has ``box`` in it when their person counts agree;
 - a struct array whose fields include one with ``joint``/``keypoint``/``point`` in its name
-  (and optionally one with ``box``), one element per person;
+  (and optionally one with ``box``), one element per person (``layout="struct"`` writes this);
 - a cell array (object array) of ``J x 3`` (or ``J x 2``) arrays, one per person;
 - a numeric array shaped ``J x 3``, ``P x J x 3`` or ``J x 3 x P`` (or with 2 instead of 3).
 
 A joint is unlabelled when its coordinates are not finite, negative, or both zero (MATLAB tools
 write zeros for missing points). Coordinates are returned as written, 0-based unless the caller
-says the file is 1-based.
+says the file is 1-based (not known for the real files: the public loader uses them directly as
+0-based pixel positions).
 """
 
 from __future__ import annotations
@@ -31,50 +44,79 @@ class MatFileError(ValueError):
     """The file is not a readable MATLAB file or holds no recognisable joint data."""
 
 
-def write_person_joints_mat(path: Path, joints: np.ndarray, boxes: np.ndarray, *, v73: bool = False) -> None:
-    """Write a PASCAL-Person-Part style joint file: a 1 x P struct array ``persons``.
+JOINTS_VARIABLE = "joints"  # the real files' variable names (see the module docstring)
+BOXES_VARIABLE = "boxes"
+LAYOUTS = ("cells", "struct")
+
+
+def write_person_joints_mat(path: Path, joints: np.ndarray, boxes: np.ndarray, *, v73: bool = False,
+                            layout: str = "cells") -> None:
+    """Write one image's people as a PASCAL-Person-Part joint file.
 
     Args:
         path: the ``.mat`` file to write.
         joints: (P, J, 3) array of (x, y, visible); unlabelled joints have NaN coordinates.
         boxes: (P, 4) person boxes (x1, y1, x2, y2).
-        v73: write MATLAB v7.3 (HDF5) instead of v5.
+        v73: write MATLAB v7.3 (HDF5) instead of v5 (the real files are v5).
+        layout: ``"cells"``, the real files' layout: variables ``joints`` and ``boxes``, each a 1 x P
+            cell array of J x 3 and 1 x 4 doubles; or ``"struct"``: one 1 x P struct array ``persons``
+            with fields ``joints`` and ``bbox`` (a re-packaging the reader also accepts).
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     joints = np.asarray(joints, dtype=np.float64)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(len(joints), 4)
     if v73:
-        _write_v73(Path(path), joints, boxes)
+        _write_v73(Path(path), joints, boxes, layout)
     else:
-        _write_v5(Path(path), joints, boxes)
+        _write_v5(Path(path), joints, boxes, layout)
 
 
-def _write_v5(path: Path, joints: np.ndarray, boxes: np.ndarray) -> None:
+def _cell_row(values) -> np.ndarray:
+    """A MATLAB 1 x P cell array (a (1, P) object array) holding each value as it is."""
+    cells = np.empty((1, len(values)), dtype=object)
+    for i, value in enumerate(values):
+        cells[0, i] = value
+    return cells
+
+
+def _write_v5(path: Path, joints: np.ndarray, boxes: np.ndarray, layout: str) -> None:
     import io
 
     from scipy.io import savemat
 
-    persons = np.empty((1, len(joints)), dtype=[("joints", object), ("bbox", object)])
-    for i, (j, b) in enumerate(zip(joints, boxes)):
-        persons[0, i] = (j, b.reshape(1, 4))
+    if layout == "cells":
+        variables = {JOINTS_VARIABLE: _cell_row(list(joints)), BOXES_VARIABLE: _cell_row([b.reshape(1, 4) for b in boxes])}
+    else:
+        persons = np.empty((1, len(joints)), dtype=[("joints", object), ("bbox", object)])
+        for i, (j, b) in enumerate(zip(joints, boxes)):
+            persons[0, i] = (j, b.reshape(1, 4))
+        variables = {"persons": persons}
     buf = io.BytesIO()
-    savemat(buf, {"persons": persons}, format="5", do_compression=False)
+    savemat(buf, variables, format="5", do_compression=False)
     data = bytearray(buf.getvalue())
     # The header's 116 text bytes carry a creation time: replace them so equal inputs give equal files.
     data[:116] = _V5_HEADER.ljust(116, b" ")
     path.write_bytes(bytes(data))
 
 
-def _write_v73(path: Path, joints: np.ndarray, boxes: np.ndarray) -> None:
+def _write_v73(path: Path, joints: np.ndarray, boxes: np.ndarray, layout: str) -> None:
     import h5py
 
     # MATLAB v7.3 = HDF5 with a 512-byte user block holding a MAT header; arrays are stored
-    # column-major (transposed) and struct arrays hold object references into '#refs#'.
+    # column-major (transposed) and cell and struct arrays hold object references into '#refs#'.
     with h5py.File(path, "w", userblock_size=512, track_order=True) as f:
         refs = f.create_group("#refs#")
-        group = f.create_group("persons")
-        group.attrs["MATLAB_class"] = np.bytes_("struct")
-        for field, values in (("joints", joints), ("bbox", boxes.reshape(-1, 1, 4))):
-            ref_ds = group.create_dataset(field, (len(values), 1), dtype=h5py.ref_dtype)
+        if layout == "cells":
+            parent, names, matlab_class = f, (JOINTS_VARIABLE, BOXES_VARIABLE), "cell"
+        else:
+            parent = f.create_group("persons")
+            parent.attrs["MATLAB_class"] = np.bytes_("struct")
+            names, matlab_class = ("joints", "bbox"), None
+        for field, values in zip(names, (joints, boxes.reshape(-1, 1, 4))):
+            ref_ds = parent.create_dataset(field, (len(values), 1), dtype=h5py.ref_dtype)
+            if matlab_class:
+                ref_ds.attrs["MATLAB_class"] = np.bytes_(matlab_class)
             for i, value in enumerate(values):
                 ds = refs.create_dataset(f"{field}_{i}", data=np.ascontiguousarray(value.T), track_times=False)
                 ds.attrs["MATLAB_class"] = np.bytes_("double")
@@ -118,11 +160,15 @@ def _read_v5_or_v73(path: Path, num_joints: int) -> list[tuple[np.ndarray, np.nd
         return _read_v73(path, num_joints)
     except Exception as exc:  # noqa: BLE001 - scipy raises many types for damaged files
         raise MatFileError(f"not a readable MATLAB file ({type(exc).__name__}: {exc})") from None
-    for name, value in variables.items():
-        if name.startswith("__"):
-            continue
-        people = _people_from_value(value, num_joints)
+    names = _joint_names_first([k for k in variables if not k.startswith("__")])
+    for name in names:
+        people = _people_from_value(variables[name], num_joints)
         if people is not None:
+            if people and all(box is None for _, box in people):  # the real layout: boxes in their own variable
+                boxes = _sibling_boxes([_box_list(variables[k]) for k in names if k != name and _is_box_name(k)],
+                                       len(people))
+                if boxes is not None:
+                    people = [(joints, box) for (joints, _), box in zip(people, boxes)]
             return people
     raise MatFileError(f"holds no {num_joints} x 3 joint arrays (variables: {', '.join(k for k in variables if not k.startswith('__'))})")
 
@@ -195,11 +241,15 @@ def _read_v73(path: Path, num_joints: int) -> list[tuple[np.ndarray, np.ndarray 
     except OSError as exc:
         raise MatFileError(f"not a readable MATLAB v7.3/HDF5 file ({exc})") from None
     with f:
-        for name, obj in f.items():
-            if name.startswith("#"):
-                continue
-            people = _people_from_h5(f, obj, num_joints)
+        names = _joint_names_first([k for k in f.keys() if not k.startswith("#")])
+        for name in names:
+            people = _people_from_h5(f, f[name], num_joints, name)
             if people is not None:
+                if people and all(box is None for _, box in people):  # the real layout: boxes in their own variable
+                    candidates = [_h5_box_list(f, f[k]) for k in names if k != name and _is_box_name(k)]
+                    boxes = _sibling_boxes(candidates, len(people))
+                    if boxes is not None:
+                        people = [(joints, box) for (joints, _), box in zip(people, boxes)]
                 return people
     raise MatFileError(f"holds no {num_joints} x 3 joint arrays in its HDF5 variables")
 
@@ -213,7 +263,7 @@ def _h5_values(f, ds) -> list[np.ndarray]:
     return [np.asarray(ds[()]).T]
 
 
-def _people_from_h5(f, obj, num_joints: int) -> list[tuple[np.ndarray, np.ndarray | None]] | None:
+def _people_from_h5(f, obj, num_joints: int, name: str = "") -> list[tuple[np.ndarray, np.ndarray | None]] | None:
     import h5py
 
     if isinstance(obj, h5py.Group):
@@ -231,10 +281,56 @@ def _people_from_h5(f, obj, num_joints: int) -> list[tuple[np.ndarray, np.ndarra
         boxes: list[np.ndarray | None] = list(box_arrays) if len(box_arrays) == len(joints) else [None] * len(joints)
         return list(zip(joints, boxes))
     arrays = _h5_values(f, obj)
+    if not arrays and obj.dtype == h5py.ref_dtype and _is_joint_name(name):
+        return []  # an empty cell array of joints: an image without annotated people
     stacks = [_as_joint_stack(a.astype(np.float64), num_joints) for a in arrays if np.issubdtype(a.dtype, np.number)]
     if not stacks or any(s is None for s in stacks):
         return None
     return [(j, None) for s in stacks for j in s]
+
+
+def _is_joint_name(name: str) -> bool:
+    return any(w in name.lower() for w in _JOINT_WORDS)
+
+
+def _is_box_name(name: str) -> bool:
+    return any(w in name.lower() for w in _BOX_WORDS)
+
+
+def _joint_names_first(names: list[str]) -> list[str]:
+    """Variable names with the joint-named ones first (``joints`` before ``boxes``), otherwise in file order."""
+    return sorted(names, key=lambda n: not _is_joint_name(n))
+
+
+def _box_list(value: object) -> list[np.ndarray] | None:
+    """Per-person boxes from a v5 variable: a cell array of 4-element arrays, or a P x 4 numeric array."""
+    arr = np.asarray(value)
+    if arr.dtype == object:
+        items = [np.asarray(item) for item in arr.ravel()]
+    elif np.issubdtype(arr.dtype, np.number) and arr.ndim == 2 and 4 in arr.shape:
+        items = list(arr if arr.shape[1] == 4 else arr.T)
+    else:
+        return None
+    if not all(np.issubdtype(i.dtype, np.number) and i.size == 4 for i in items):
+        return None
+    return [i.astype(np.float64).reshape(4) for i in items]
+
+
+def _h5_box_list(f, obj) -> list[np.ndarray] | None:
+    """Per-person boxes from a v7.3 variable (a cell array of 4-element arrays, or a P x 4 array)."""
+    import h5py
+
+    if not isinstance(obj, h5py.Dataset):
+        return None
+    arrays = _h5_values(f, obj)
+    if obj.dtype == h5py.ref_dtype:
+        return _box_list(_cell_row(arrays)) if arrays else []
+    return _box_list(arrays[0]) if len(arrays) == 1 else None
+
+
+def _sibling_boxes(candidates: list[list[np.ndarray] | None], count: int) -> list[np.ndarray] | None:
+    """The first candidate box list with one box per person."""
+    return next((c for c in candidates if c is not None and len(c) == count), None)
 
 
 def _clean_joints(arr: np.ndarray, num_joints: int) -> np.ndarray:

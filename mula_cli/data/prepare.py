@@ -3,7 +3,9 @@
 The cache is written to a temporary file beside the target and renamed over it only when
 complete (:func:`mula_cli.files.atomic_write`), so an interrupted run never damages an existing cache. Samples are decoded and
 validated in worker processes; the main process writes them in order. Every skipped or repaired
-sample is listed, with its reason, in ``<target>.report.json``.
+sample is listed, with its reason, in ``<target>.report.json``. The first people read from ``.mat``
+joint files are kept in :attr:`PrepareResult.preview`, for ``mula prepare`` to print by joint name so a
+user can check the manifest's joint order against the pictures.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 
+import numpy as np
+
 from mula_cli.data.cache import CacheWriter
 from mula_cli.data.layout import Issue, SplitSources, discover_split, resolve_layout
 from mula_cli.data.samples import SampleRecord, SampleRules, load_sample
@@ -27,6 +31,21 @@ from mula_cli.paths import default_cache_path
 
 SPLIT_ORDER = ("train", "val", "test")
 _IN_PROCESS_BELOW = 200  # samples; starting worker processes costs more than it saves below this
+PREVIEW_IMAGES = 2  # joint-file people shown after caching, so a user can check the joint order
+PREVIEW_PEOPLE_PER_IMAGE = 2
+PREVIEW_PEOPLE = 3
+
+
+@dataclass(frozen=True)
+class PersonPreview:
+    """One person as read from a joint file (``.mat``), for checking the manifest's joint order by eye."""
+
+    split: str
+    image_id: str
+    image_path: Path
+    person: int  # index in the file (0-based; the file's cell ``p + 1`` in MATLAB)
+    joints: np.ndarray  # (J, 2) float32 x, y as cached (0-based pixels), NaN = unlabelled
+    occluded: np.ndarray  # (J,) int8: 1 flagged not visible, 0 visible, -1 unlabelled
 
 
 @dataclass
@@ -44,6 +63,7 @@ class PrepareResult:
     layout: str
     splits: dict[str, SplitReport]
     seconds: float
+    preview: list[PersonPreview] = field(default_factory=list)  # first people read from .mat files
 
     @property
     def total(self) -> int:
@@ -99,12 +119,13 @@ def prepare_dataset(
     start = time.perf_counter()
     reports: dict[str, SplitReport] = {}
     fingerprint = hashlib.sha256()
+    preview: list[PersonPreview] = []
 
     def write_cache(temp: Path) -> None:
         writer = CacheWriter(temp, manifest, source=str(Path(root).resolve()), layout=layout.name)
         try:
             for src in sources:
-                reports[src.split] = _cache_split(writer, src, rules, workers, fingerprint, progress)
+                reports[src.split] = _cache_split(writer, src, rules, workers, fingerprint, progress, preview)
             if not any(r.cached for r in reports.values()):
                 first = next((i for r in reports.values() for i in r.skipped), None)
                 example = f" (first: {first.id}: {first.reason})" if first else ""
@@ -116,7 +137,7 @@ def prepare_dataset(
 
     atomic_write(out, write_cache)
     report_path = out.with_name(out.name + ".report.json")
-    result = PrepareResult(out, report_path, layout.name, reports, time.perf_counter() - start)
+    result = PrepareResult(out, report_path, layout.name, reports, time.perf_counter() - start, preview)
     write_report(result, manifest, Path(root))
     return result
 
@@ -147,24 +168,38 @@ def record_sample(sample, rules: SampleRules) -> SampleRecord:
 
 
 def _cache_split(writer: CacheWriter, src: SplitSources, rules: SampleRules, workers: int | None,
-                 fingerprint, progress) -> SplitReport:
+                 fingerprint, progress, preview: list[PersonPreview] | None = None) -> SplitReport:
     report = SplitReport()
     for issue in src.issues:
         (report.skipped if issue.skipped else report.repaired).append(issue)
     t0 = time.perf_counter()
     writer.begin_split(src.split, has_labels=src.has_labels, has_joints=src.has_joints)
     total = len(src.samples)
-    for rec in _records(src, rules, workers):
+    for sample, rec in zip(src.samples, _records(src, rules, workers)):
         for issue in rec.issues:
             (report.skipped if issue.skipped else report.repaired).append(issue)
         if not rec.skipped:
             writer.append(rec)
             fingerprint.update(f"{src.split}/{rec.id}".encode() + rec.digest)
+            if preview is not None and sample.joints_mat is not None:
+                add_preview(preview, src.split, sample.image_path, rec)
         if progress is not None:
             progress(src.split, 1, total)
     report.cached = writer.end_split()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def add_preview(preview: list[PersonPreview], split: str, image_path: Path, rec: SampleRecord) -> None:
+    """Keep the first people read from joint files: up to ``PREVIEW_PEOPLE_PER_IMAGE`` from each of the
+    first ``PREVIEW_IMAGES`` images that have people, ``PREVIEW_PEOPLE`` in all."""
+    images = list(dict.fromkeys((p.split, p.image_id) for p in preview))
+    if len(rec.joints) == 0 or len(preview) >= PREVIEW_PEOPLE or len(images) >= PREVIEW_IMAGES:
+        return
+    for person in range(min(len(rec.joints), PREVIEW_PEOPLE_PER_IMAGE, PREVIEW_PEOPLE - len(preview))):
+        preview.append(PersonPreview(split, rec.id, Path(image_path), person,
+                                     np.asarray(rec.joints[person], np.float32).copy(),
+                                     np.asarray(rec.occluded[person], np.int8).copy()))
 
 
 def write_report(result: PrepareResult, manifest: DatasetManifest, root: Path) -> None:

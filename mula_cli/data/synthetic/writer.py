@@ -1,5 +1,10 @@
 """Writing synthetic datasets to disk in the official LIP and PASCAL-Person-Part layouts.
 
+PASCAL-Person-Part joint files are written as the real ones are stored (see
+:mod:`mula_cli.data.matfile`): one MATLAB v5 file per image, ``PersonJoints/<id>.mat``, holding
+two 1 x P cell arrays, ``joints`` (14 x 3 doubles: x, y, visible flag) and ``boxes`` (1 x 4 doubles:
+x1, y1, x2, y2), with 0-based pixel coordinates.
+
 Every image is generated from its own generator, ``np.random.default_rng([seed, split, index])``,
 so the bytes of every file depend only on the seed and the image's place, never on the number of
 worker processes or their scheduling. Workers write the image files; the main process writes the
@@ -27,7 +32,6 @@ from mula_cli.manifests import DatasetManifest
 SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
 JPEG_QUALITY = 90
 JPEG_SUBSAMPLING = 2  # 4:2:0
-V73_EVERY = 5  # about one PASCAL joint file in five is written as MATLAB v7.3 (HDF5)
 _BODY_POINTS = ("R-ankle", "R-knee", "R-hip", "L-hip", "L-knee", "L-ankle", "pelvis", "thorax", "upper-neck",
                 "head-top", "R-wrist", "R-elbow", "R-shoulder", "L-shoulder", "L-elbow", "L-wrist", "neck")
 
@@ -166,8 +170,10 @@ def _pascal_job(job: _Job) -> tuple[str, None]:
         joints.append(rows)
         boxes.append((xs.min(), ys.min(), xs.max(), ys.max()))
     joints_array = np.array(joints, dtype=np.float64).reshape(len(joints), len(job.joints), 3)
+    # The real files' layout (MATLAB v5; 1 x P cell arrays `joints` of 14 x 3 and `boxes` of 1 x 4 doubles):
+    # see mula_cli/data/matfile.py. Unlabelled joints are NaN with flag 0; occluded ones keep their place, flag 0.
     write_person_joints_mat(root / "PersonJoints" / f"{image_id}.mat", joints_array,
-                            np.array(boxes, dtype=np.float64).reshape(-1, 4), v73=job.index % V73_EVERY == 2)
+                            np.array(boxes, dtype=np.float64).reshape(-1, 4), v73=False, layout="cells")
     return image_id, None
 
 
