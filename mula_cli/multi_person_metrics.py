@@ -1,0 +1,229 @@
+"""Multi-person pose mAP: the MPII multi-person protocol (Pishchulin et al.'s ``evaluateAP``).
+
+Xia et al. and MuLA report this on PASCAL-Person-Part. Per image, every predicted person ``q`` is
+compared with every ground-truth person ``p``: ``match[q, p, j]`` says that joint ``j`` is labelled
+in ``p``, predicted in ``q`` and within ``threshold * ref_p`` of it; ``score[q, p]`` is the fraction
+of ``p``'s labelled joints matched. As in ``assignGTmulti``, each prediction keeps only its best
+ground truth, then each ground truth takes the remaining prediction of highest score (> 0), one to
+one. Every predicted joint is a detection with its joint score, a true positive iff its person is
+matched and ``match`` holds for that joint. Per joint type, detections of the whole set are sorted
+by score (stable) and scored by VOC all-point interpolated AP against the number of labelled
+ground-truth joints of that type (people with no match included); mAP is the mean over joint
+types that have ground truth (a type without any is NaN and left out).
+
+Reference distance ``ref_p`` (option ``reference``):
+
+- ``"head"`` (default): ``||head-top - neck||`` of the ground-truth person, the LIP PCKh head size
+  (PASCAL-Person-Part has no head boxes, so MPII's 0.6 x head-box diagonal is not available).
+  Where either joint is unlabelled (or both coincide) it falls back to ``HEAD_BOX_FRACTION`` (0.13)
+  x the diagonal of the person's box: the ``gt_boxes`` row when given, else the box of the person's
+  labelled joints. Why 0.13: the head (crown to chin) is about 13 % of stature (the 7.5-heads
+  canon, anthropometric tables), and a standing person's box diagonal is about the stature (height
+  ~ stature; a width of 0.25-0.35 of it adds under 6 %), so on an average body the fallback equals
+  the head length. A truncated person's joint box is smaller than the body, which makes the
+  fallback stricter there: pass ``gt_boxes`` when they exist.
+- ``"box"``: always ``HEAD_BOX_FRACTION`` x the box diagonal, as above.
+
+A ground-truth person with no usable reference (no box and fewer than two distinct labelled
+joints) cannot be matched: predictions near it are false positives, but its labelled joints still
+count as ground truth (misses). ``compute()`` reports how many there were.
+
+Detection scores: a joint's own score; where it is NaN, the person score (given, or by default the
+mean of the person's finite joint scores); where both are missing, ranked last. The person score
+also breaks ties when two predictions match a ground truth equally well (MPII takes the first one
+listed, which is the same when predictions come sorted by person score).
+
+The accumulator holds every detection, not sums: AP cannot be added across ranks, so ranks pool
+their detections (:meth:`MultiPersonPoseAP.gather`, or ``state()`` / ``merge()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from mula_cli.manifests import DatasetManifest
+
+HEAD_BOX_FRACTION = 0.13
+REFERENCES = {
+    "head": f"head-top to neck distance of each ground-truth person; {HEAD_BOX_FRACTION} x its box diagonal "
+            "(given box, else box of its labelled joints) where either joint is unlabelled",
+    "box": f"{HEAD_BOX_FRACTION} x the diagonal of each ground-truth person's box "
+           "(given box, else box of its labelled joints)",
+}
+
+
+def voc_ap(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> float:
+    """VOC all-point interpolated AP in percent (MPII's ``VOCap``); NaN when there is no ground truth."""
+    if num_gt == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")  # stable: ties keep input order
+    hits = np.asarray(tp, bool)[order]
+    ctp = np.cumsum(hits)
+    recall = ctp / num_gt
+    precision = ctp / np.arange(1, hits.size + 1)
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # monotone precision envelope
+    steps = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
+    return float(100.0 * np.sum((mrec[steps] - mrec[steps - 1]) * mpre[steps]))
+
+
+class MultiPersonPoseAP:
+    """Per-joint AP and mAP accumulator for multi-person pose.
+
+    Args:
+        manifest: gives the joints, the head-top and neck joints and the reported groups.
+        threshold: matching radius as a fraction of the reference distance.
+        reference: ``"head"`` or ``"box"`` (see the module docstring).
+    """
+
+    def __init__(self, manifest: DatasetManifest, threshold: float = 0.5, reference: str = "head") -> None:
+        if reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {sorted(REFERENCES)}, not {reference!r}")
+        self.manifest = manifest
+        self.threshold = float(threshold)
+        self.reference = reference
+        self._reset()
+
+    def _reset(self) -> None:
+        j = self.manifest.num_joints
+        self._scores: list[list[np.ndarray]] = [[] for _ in range(j)]
+        self._tp: list[list[np.ndarray]] = [[] for _ in range(j)]
+        self._gt_counts = np.zeros(j, np.int64)
+        self._counts = {"images": 0, "gt_people": 0, "pred_people": 0, "unmatchable_gt_people": 0}
+
+    def _references(self, gt: np.ndarray, labelled: np.ndarray, boxes: np.ndarray | None) -> np.ndarray:
+        """Reference distance per gt person (NaN = cannot be matched)."""
+        lo = np.where(labelled[..., None], gt, np.inf).min(1)
+        hi = np.where(labelled[..., None], gt, -np.inf).max(1)
+        joint_box = np.where(labelled.any(1, keepdims=True), np.concatenate([lo, hi], 1), np.nan)
+        box = joint_box if boxes is None else np.where(np.isfinite(boxes).all(1, keepdims=True), boxes, joint_box)
+        diagonal = np.hypot(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1])
+        ref = np.where(diagonal > 0, HEAD_BOX_FRACTION * diagonal, np.nan)
+        if self.reference == "head":
+            top, neck = self.manifest.pckh.head_top, self.manifest.pckh.neck
+            head = np.linalg.norm(gt[:, top] - gt[:, neck], axis=1)  # NaN where either is unlabelled
+            ref = np.where(labelled[:, top] & labelled[:, neck] & (head > 0), head, ref)
+        return ref
+
+    def update(self, pred_people: Sequence[np.ndarray] | np.ndarray, gt_people: np.ndarray,
+               gt_boxes: np.ndarray | None = None, person_scores: np.ndarray | None = None) -> None:
+        """Add one image.
+
+        Args:
+            pred_people: Q predicted people, each (J, 3) x, y, score in original pixels (NaN x/y = not predicted).
+            gt_people: (P, J, 2) ground-truth joints (NaN = unlabelled).
+            gt_boxes: (P, 4) person boxes x1, y1, x2, y2 (a NaN row = none).
+            person_scores: (Q,) person scores; default the mean of each person's finite joint scores.
+        """
+        j = self.manifest.num_joints
+        pred = np.asarray(pred_people, np.float64).reshape(-1, j, 3)
+        gt = np.asarray(gt_people, np.float64).reshape(-1, j, 2)
+        boxes = None if gt_boxes is None else np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+        if boxes is not None and len(boxes) != len(gt):
+            raise ValueError(f"{len(boxes)} gt boxes for {len(gt)} gt people")
+        xy, joint_scores = pred[..., :2], pred[..., 2]
+        predicted = np.isfinite(xy).all(-1)  # (Q, J)
+        if person_scores is None:
+            finite = np.isfinite(joint_scores)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                person = np.where(finite, joint_scores, 0).sum(1) / finite.sum(1)
+        else:
+            person = np.asarray(person_scores, np.float64).reshape(-1)
+            if len(person) != len(pred):
+                raise ValueError(f"{len(person)} person scores for {len(pred)} predicted people")
+        labelled = np.isfinite(gt).all(-1)  # (P, J)
+        ref = self._references(gt, labelled, boxes)
+
+        dist = np.linalg.norm(xy[:, None] - gt[None], axis=-1)  # (Q, P, J), NaN unless both present
+        with np.errstate(invalid="ignore"):
+            match = dist <= self.threshold * ref[None, :, None]  # NaN (no reference) never matches
+            score = match.sum(-1) / np.maximum(labelled.sum(1), 1)[None, :]
+        assigned = np.full(len(pred), -1)
+        if score.size:
+            # Each prediction competes only for its best ground truth (assignGTmulti)...
+            keep = np.zeros_like(score, bool)
+            keep[np.arange(len(pred)), score.argmax(1)] = True
+            score = np.where(keep, score, 0.0)
+            # ...then each ground truth takes its best remaining prediction; a prediction has at most one
+            # nonzero column, so this is one to one. Scanning in person-score order breaks ties by it.
+            order = np.argsort(-np.where(np.isnan(person), -np.inf, person), kind="stable")
+            best = order[score[order].argmax(0)]
+            found = score[best, np.arange(len(gt))] > 0
+            assigned[best[found]] = np.flatnonzero(found)
+
+        tp = np.zeros(predicted.shape, bool)
+        hit = assigned >= 0
+        tp[hit] = match[np.flatnonzero(hit), assigned[hit]]
+        det_scores = np.where(np.isfinite(joint_scores), joint_scores, person[:, None])
+        det_scores = np.where(np.isnan(det_scores), -np.inf, det_scores)  # no score at all: ranked last
+        for k in range(j):
+            rows = predicted[:, k]
+            if rows.any():
+                self._scores[k].append(det_scores[rows, k])
+                self._tp[k].append(tp[rows, k])
+        self._gt_counts += labelled.sum(0)
+        self._counts["images"] += 1
+        self._counts["gt_people"] += len(gt)
+        self._counts["pred_people"] += int(predicted.any(1).sum())
+        self._counts["unmatchable_gt_people"] += int((~np.isfinite(ref) & labelled.any(1)).sum())
+
+    def state(self) -> dict[str, Any]:
+        """Everything accumulated, as plain picklable objects (for :meth:`merge` on another rank)."""
+        return {
+            "scores": [np.concatenate(s) if s else np.zeros(0) for s in self._scores],
+            "tp": [np.concatenate(t) if t else np.zeros(0, bool) for t in self._tp],
+            "gt_counts": self._gt_counts.copy(),
+            "counts": dict(self._counts),
+        }
+
+    def merge(self, other: MultiPersonPoseAP | dict[str, Any]) -> None:
+        """Pool another accumulator (or its :meth:`state`) into this one, its detections after ours."""
+        state = other.state() if isinstance(other, MultiPersonPoseAP) else other
+        if len(state["scores"]) != self.manifest.num_joints:
+            raise ValueError("merging a state of a different number of joints")
+        for k in range(self.manifest.num_joints):
+            self._scores[k].append(np.asarray(state["scores"][k], np.float64))
+            self._tp[k].append(np.asarray(state["tp"][k], bool))
+        self._gt_counts += np.asarray(state["gt_counts"], np.int64)
+        for key, value in state["counts"].items():
+            self._counts[key] += int(value)
+
+    def gather(self) -> None:
+        """Pool every rank's detections in rank order, so that each rank computes the whole set's AP.
+
+        A no-op unless torch.distributed is initialised. Under NCCL the current CUDA device must be set.
+        """
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        states: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(states, self.state())
+        self._reset()
+        for state in states:
+            self.merge(state)
+
+    all_reduce = gather  # the name the single-person accumulators use in evaluation loops
+
+    def compute(self) -> dict[str, object]:
+        """AP per joint, mAP, group means (percent, NaN = no ground truth), threshold, reference and counts."""
+        state = self.state()
+        ap = np.array([voc_ap(s, t, int(n)) for s, t, n in zip(state["scores"], state["tp"], self._gt_counts)])
+
+        def nanmean(values: np.ndarray) -> float:
+            finite = values[np.isfinite(values)]
+            return float(finite.mean()) if finite.size else float("nan")
+
+        groups = {name: nanmean(ap[list(js)]) for name, js in self.manifest.pckh.groups.items()}
+        return {
+            "map": nanmean(ap),
+            "joint_ap": [float(v) for v in ap],
+            "groups": groups,
+            "threshold": self.threshold,
+            "reference": REFERENCES[self.reference],
+            "gt_joints": [int(n) for n in self._gt_counts],
+            **self._counts,
+        }

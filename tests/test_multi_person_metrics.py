@@ -1,0 +1,302 @@
+"""Multi-person pose mAP (MPII multi-person protocol) against hand-computed answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mula_cli.manifests import load_manifest
+from mula_cli.multi_person_metrics import HEAD_BOX_FRACTION, MultiPersonPoseAP, voc_ap
+
+PPP = load_manifest("pascal_person_part")
+J = PPP.num_joints  # 14: head-top 0, neck 1, L-shoulder 2 ... R-ankle 13
+
+# One standing person: head-top (50, 0), neck (50, 20), so its head size is 20 and the 0.5 radius 10.
+# The other joints sit at least 20 px from one another, so a 10 px shift never reaches a neighbour.
+BODY = np.array([[50, 0], [50, 20], [30, 25], [20, 50], [15, 75], [40, 80], [40, 120], [40, 160],
+                 [70, 25], [80, 50], [85, 75], [60, 80], [60, 120], [60, 160]], np.float64)
+
+
+def person(dx: float = 0.0) -> np.ndarray:
+    """BODY moved ``dx`` px right (people 200 px apart never match each other)."""
+    return BODY + np.array([dx, 0.0])
+
+
+def scored(joints: np.ndarray, score: float | np.ndarray) -> np.ndarray:
+    """(J, 2) joints -> (J, 3) prediction with the given joint score(s)."""
+    return np.concatenate([joints, np.broadcast_to(np.asarray(score, np.float64), (J,))[:, None]], axis=1)
+
+
+def all_ap(result: dict, value: float) -> None:
+    assert result["map"] == pytest.approx(value)
+    assert result["joint_ap"] == pytest.approx([value] * J)
+    assert all(v == pytest.approx(value) for v in result["groups"].values())
+
+
+def test_voc_ap_by_hand() -> None:
+    # ranks TP, FP, TP with 4 gt: precision 1, 1/2, 2/3 at recall 1/4, 1/4, 2/4; the envelope is
+    # 1 up to recall 1/4 then 2/3: AP = 1/4 * 1 + 1/4 * 2/3
+    assert voc_ap(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 4) == pytest.approx(100 * (1 / 4 + 1 / 6))
+    assert voc_ap(np.zeros(0), np.zeros(0, bool), 3) == 0.0  # nothing detected
+    assert math.isnan(voc_ap(np.array([0.5]), np.array([False]), 0))  # no ground truth
+
+
+def test_perfect_predictions_score_100() -> None:
+    m = MultiPersonPoseAP(PPP)
+    for n in (1, 2, 3):  # three images of 1, 2 and 3 people
+        gt = np.stack([person(200 * i) for i in range(n)])
+        m.update([scored(g, 0.5 + 0.1 * i) for i, g in enumerate(gt)], gt)
+    r = m.compute()
+    all_ap(r, 100.0)
+    assert (r["images"], r["gt_people"], r["pred_people"]) == (3, 6, 6)
+    assert r["gt_joints"] == [6] * J and r["threshold"] == 0.5 and "head-top to neck" in r["reference"]
+    assert set(r["groups"]) == {"Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle"}
+
+
+def test_swapped_halves_are_false_positives_of_the_matched_person() -> None:
+    # gt A (x+0) and B (x+200). Prediction 1 is A except joints 10-13 placed on B; prediction 2 the
+    # reverse. score[1] = (10/14 for A, 4/14 for B) -> 1 matches A; 2 matches B. Joints 0-9: both TP,
+    # AP 100. Joints 10-13: each prediction's joint lies on the other person -> 2 FP, AP 0.
+    a, b = person(0), person(200)
+    p1, p2 = a.copy(), b.copy()
+    p1[10:], p2[10:] = b[10:], a[10:]
+    m = MultiPersonPoseAP(PPP)
+    m.update([scored(p1, 0.9), scored(p2, 0.8)], np.stack([a, b]))
+    r = m.compute()
+    assert r["joint_ap"] == pytest.approx([100.0] * 10 + [0.0] * 4)
+    assert r["map"] == pytest.approx(100 * 10 / 14)
+    assert r["groups"]["Wrist"] == pytest.approx(50.0) and r["groups"]["Ankle"] == pytest.approx(50.0)
+    assert r["groups"]["Head"] == r["groups"]["Elbow"] == pytest.approx(100.0)
+
+
+def test_prediction_competes_only_for_its_best_ground_truth() -> None:
+    # Prediction 1: joints 0-9 on A, 10-13 on B -> A 10/14, B 4/14; best A.
+    # Prediction 2: joints 0-5 on B, 6-13 on A -> A 8/14, B 6/14; best A, so its B score is zeroed.
+    # A takes prediction 1 (10/14 > 8/14); B has no nonzero candidate; prediction 2 is unmatched and
+    # all its joints are FP, even the 6 lying on B. Per joint (scores 0.9 then 0.8, 2 gt each):
+    #   0-5:   TP(1), FP(2): precision 1 at recall 1/2  -> AP 50
+    #   6-9:   TP(1), FP(2)                               -> AP 50
+    #   10-13: FP(1, on B but matched to A), FP(2)         -> AP 0
+    # (Without the best-only rule B would take prediction 2 and joints 0-5 would score 100; without
+    # one-to-one, prediction 2 would also count on A: joints 6-9 100, 10-13 25.)
+    a, b = person(0), person(200)
+    p1 = np.concatenate([a[:10], b[10:]])
+    p2 = np.concatenate([b[:6], a[6:]])
+    m = MultiPersonPoseAP(PPP)
+    m.update(np.stack([scored(p1, 0.9), scored(p2, 0.8)]), np.stack([a, b]))
+    r = m.compute()
+    assert r["joint_ap"] == pytest.approx([50.0] * 10 + [0.0] * 4)
+    assert r["map"] == pytest.approx(500 / 14)
+
+
+def test_missing_person_caps_recall() -> None:
+    # 3 gt people, 2 predicted exactly: every joint has precision 1 up to recall 2/3 -> AP 66.67.
+    m = MultiPersonPoseAP(PPP)
+    m.update([scored(person(0), 0.7)], np.stack([person(0), person(200)]))
+    m.update([scored(person(0), 0.6)], person(0)[None])
+    r = m.compute()
+    all_ap(r, 100 * 2 / 3)
+    assert (r["gt_people"], r["pred_people"]) == (3, 2)
+
+
+def test_extra_person_ranked_first_lowers_precision() -> None:
+    # A and B predicted exactly (0.5), a false person far away (0.9). Per joint: FP, TP, TP with 2 gt:
+    # precision 0, 1/2, 2/3 at recall 0, 1/2, 1; envelope 2/3 everywhere -> AP = 2/3 (66.67).
+    m = MultiPersonPoseAP(PPP)
+    gt = np.stack([person(0), person(200)])
+    m.update([scored(person(1000), 0.9), scored(gt[0], 0.5), scored(gt[1], 0.5)], gt)
+    all_ap(m.compute(), 100 * 2 / 3)
+    # ranked last it costs nothing: TP, TP, FP -> precision 1 up to recall 1 -> AP 100
+    m = MultiPersonPoseAP(PPP)
+    m.update([scored(person(1000), 0.1), scored(gt[0], 0.5), scored(gt[1], 0.5)], gt)
+    all_ap(m.compute(), 100.0)
+
+
+@pytest.mark.parametrize(("fp_score", "expected"), [
+    # TP A 0.9, TP B 0.7, TP C 0.6 over 3 gt; the false person D at:
+    (0.95, 75.0),  # FP,TP,TP,TP: precision 0, 1/2, 2/3, 3/4 -> envelope 3/4 over recall 0..1 -> 75
+    (0.8, 100 * (1 / 3 + 1 / 3 * 3 / 4 + 1 / 3 * 3 / 4)),  # TP,FP,TP,TP: 1 to recall 1/3, then 3/4 -> 83.33
+    (0.1, 100.0),  # TP,TP,TP,FP: precision 1 up to recall 1
+])
+def test_rank_of_a_false_positive_sets_ap(fp_score: float, expected: float) -> None:
+    m = MultiPersonPoseAP(PPP)
+    m.update([scored(person(0), 0.9), scored(person(200), 0.7)], np.stack([person(0), person(200)]))
+    m.update([scored(person(0), 0.6), scored(person(1000), fp_score)], person(0)[None])
+    all_ap(m.compute(), expected)
+
+
+def test_detections_rank_by_joint_score_not_person_score() -> None:
+    # As above with D at 0.1 except its head-top at 0.95: only joint 0 drops to 75; Head = (75 + 100) / 2.
+    m = MultiPersonPoseAP(PPP)
+    m.update([scored(person(0), 0.9), scored(person(200), 0.7)], np.stack([person(0), person(200)]))
+    d = np.full(J, 0.1)
+    d[0] = 0.95
+    m.update([scored(person(0), 0.6), scored(person(1000), d)], person(0)[None])
+    r = m.compute()
+    assert r["joint_ap"] == pytest.approx([75.0] + [100.0] * 13)
+    assert r["map"] == pytest.approx((75 + 13 * 100) / 14)
+    assert r["groups"]["Head"] == pytest.approx(87.5) and r["groups"]["Knee"] == pytest.approx(100.0)
+
+
+def one_shifted(gt: np.ndarray, joint: int, shift: float, boxes: np.ndarray | None = None,
+                reference: str = "head") -> float:
+    """AP of ``joint`` when a single person is predicted exactly except that joint, moved ``shift`` px down."""
+    pred = np.where(np.isfinite(gt), gt, BODY)  # predict every joint, labelled or not
+    pred[joint, 1] += shift
+    m = MultiPersonPoseAP(PPP, reference=reference)
+    m.update([scored(pred, 0.5)], gt[None], gt_boxes=boxes)
+    return m.compute()["joint_ap"][joint]
+
+
+def test_threshold_boundary_on_the_head_size() -> None:
+    # head size 20 -> radius 10: a wrist 10 px away is inside (<=), 10.01 px away is not
+    assert one_shifted(BODY, 4, 10.0) == 100.0
+    assert one_shifted(BODY, 4, 10.01) == 0.0
+    # threshold 0.25 -> radius 5
+    m = MultiPersonPoseAP(PPP, threshold=0.25)
+    pred = BODY.copy()
+    pred[4, 1] += 6.0
+    m.update([scored(pred, 0.5)], BODY[None])
+    assert m.compute()["joint_ap"][4] == 0.0 and m.compute()["threshold"] == 0.25
+
+
+@pytest.mark.parametrize("missing", [0, 1])
+def test_head_fallback_uses_the_box_of_labelled_joints(missing: int) -> None:
+    # Head-top or neck unlabelled -> reference = 0.13 x diagonal of the labelled joints' box. Labelled:
+    # the other head joint (50, top), (10, 30), (70, 60), (40, top + 80): box 60 x 80.
+    assert HEAD_BOX_FRACTION == 0.13
+    gt = np.full((J, 2), np.nan)
+    kept = 1 - missing
+    top = BODY[kept, 1]
+    gt[kept] = BODY[kept]
+    gt[2], gt[4], gt[7] = [10, 30], [70, 60], [40, top + 80]
+    # box 60 x 80 -> diagonal 100 -> reference 13 -> radius 6.5
+    assert one_shifted(gt, 4, 6.4) == 100.0
+    assert one_shifted(gt, 4, 6.6) == 0.0
+    # a given person box wins over the joints' box: diagonal 200 -> radius 13
+    box = np.array([[0.0, 0.0, 120.0, 160.0]])
+    assert one_shifted(gt, 4, 12.9, boxes=box) == 100.0
+    assert one_shifted(gt, 4, 13.1, boxes=box) == 0.0
+
+
+def test_box_reference_ignores_the_head() -> None:
+    # BODY's joint box: x 15..85, y 0..160 -> diagonal sqrt(70^2 + 160^2) = 174.64 -> radius 11.35;
+    # the head reference would give 10
+    radius = 0.5 * 0.13 * math.hypot(70, 160)
+    assert one_shifted(BODY, 4, 11.0, reference="box") == 100.0
+    assert one_shifted(BODY, 4, 11.0) == 0.0
+    assert one_shifted(BODY, 4, radius + 0.01, reference="box") == 0.0
+    with pytest.raises(ValueError, match="reference"):
+        MultiPersonPoseAP(PPP, reference="torso")
+
+
+def test_person_without_reference_is_unmatchable_but_counted() -> None:
+    # A predicted exactly (0.9); C has only its wrist labelled and no box, so no reference: a
+    # prediction of that wrist (0.5) is a FP, and C's wrist still counts. Wrist: TP, FP over 2 gt -> 50.
+    c = np.full((J, 2), np.nan)
+    c[4] = [515, 75]
+    pred_c = np.full((J, 3), np.nan)
+    pred_c[4] = [515, 75, 0.5]
+    gt = np.stack([person(0), c])
+    m = MultiPersonPoseAP(PPP)
+    m.update([scored(person(0), 0.9), pred_c], gt)
+    r = m.compute()
+    assert r["joint_ap"][4] == pytest.approx(50.0) and r["gt_joints"][4] == 2
+    assert r["unmatchable_gt_people"] == 1 and r["pred_people"] == 2
+    assert r["joint_ap"][0] == 100.0  # C predicts no other joint
+    # with a box C gets a reference and its prediction matches: 100
+    m = MultiPersonPoseAP(PPP)
+    m.update([scored(person(0), 0.9), pred_c], gt, gt_boxes=np.array([[np.nan] * 4, [480, 0, 560, 160]]))
+    r = m.compute()
+    assert r["joint_ap"][4] == 100.0 and r["unmatchable_gt_people"] == 0
+
+
+def test_missing_scores_fall_back_to_the_person_score() -> None:
+    # The false person's joint scores are NaN and its person score 0.95 ranks it first: AP 66.67 as in
+    # test_extra_person_ranked_first_lowers_precision; with person score 0.1 it is last: 100.
+    gt = np.stack([person(0), person(200)])
+    for person_score, expected in ((0.95, 100 * 2 / 3), (0.1, 100.0)):
+        m = MultiPersonPoseAP(PPP)
+        preds = [scored(gt[0], 0.5), scored(gt[1], 0.5), scored(person(1000), np.nan)]
+        m.update(preds, gt, person_scores=np.array([0.5, 0.5, person_score]))
+        all_ap(m.compute(), expected)
+
+
+def test_empty_images() -> None:
+    m = MultiPersonPoseAP(PPP)
+    m.update([], np.zeros((0, J, 2)))
+    m.update([], person(0)[None])  # a person nobody found: AP 0
+    m.update([scored(person(0), 0.5)], np.zeros((0, J, 2)))  # a prediction with no gt: FP
+    r = m.compute()
+    all_ap(r, 0.0)
+    assert (r["images"], r["gt_people"], r["pred_people"]) == (3, 1, 1)
+    assert math.isnan(MultiPersonPoseAP(PPP).compute()["map"])
+
+
+def random_images(rng: np.random.Generator, n: int) -> list[tuple[list[np.ndarray], np.ndarray]]:
+    images = []
+    for _ in range(n):
+        people = rng.integers(0, 4)
+        gt = np.stack([person(200 * i) for i in range(people)]) if people else np.zeros((0, J, 2))
+        gt = gt + rng.normal(0, 3, gt.shape)
+        gt[rng.random(gt.shape[:2]) < 0.2] = np.nan
+        preds = [scored(g + rng.normal(0, 6, g.shape), rng.random(J)) for g in np.nan_to_num(gt, nan=100)]
+        preds += [scored(person(1000) + rng.normal(0, 50, (J, 2)), rng.random(J)) for _ in range(rng.integers(0, 2))]
+        images.append((preds, gt))
+    return images
+
+
+def same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if key == "joint_ap":
+            np.testing.assert_allclose(a[key], b[key])
+        elif key == "groups":
+            np.testing.assert_allclose(list(a[key].values()), list(b[key].values()))
+        else:
+            assert a[key] == b[key] or (math.isnan(a[key]) and math.isnan(b[key])), key
+
+
+def test_merge_equals_one_accumulator_over_both_sets() -> None:
+    images = random_images(np.random.default_rng(0), 12)
+    whole, first, second = (MultiPersonPoseAP(PPP) for _ in range(3))
+    for i, (preds, gt) in enumerate(images):
+        whole.update(preds, gt)
+        (first if i < 6 else second).update(preds, gt)
+    expected = whole.compute()
+    assert 0 < expected["map"] < 100  # a case that can tell pooling from averaging
+    halves = [first.compute()["map"], second.compute()["map"]]
+    assert np.mean(halves) != pytest.approx(expected["map"])
+    by_state = MultiPersonPoseAP(PPP)
+    by_state.merge(first.state())
+    by_state.merge(second.state())
+    same(by_state.compute(), expected)
+    first.merge(second)
+    same(first.compute(), expected)
+
+def test_gather_pools_ranks(tmp_path) -> None:
+    images = random_images(np.random.default_rng(1), 4)
+    m = MultiPersonPoseAP(PPP)
+    for preds, gt in images:
+        m.update(preds, gt)
+    expected = m.compute()
+    m.gather()  # not distributed: nothing changes
+    same(m.compute(), expected)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        m.all_reduce()
+        same(m.compute(), expected)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_equal_match_goes_to_the_higher_person_score() -> None:
+    # Two exact copies of A, listed 0.3 first then 0.9: both match A fully (score 1). The higher
+    # person score wins, so 0.9 is TP and 0.3 FP: TP, FP over 1 gt -> AP 100. (MPII's first-listed
+    # rule would match 0.3: FP, TP -> precision 1/2 at recall 1 -> AP 50.)
+    m = MultiPersonPoseAP(PPP)
+    m.update([scored(person(0), 0.3), scored(person(0), 0.9)], person(0)[None])
+    all_ap(m.compute(), 100.0)
