@@ -1,0 +1,273 @@
+"""Partition branch: offset targets, their mirroring, and grouping ground-truth maps back into people."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mula_cli.heatmaps import encode_people_heatmaps, flip_heatmaps, flip_joints
+from mula_cli.manifests import load_manifest
+from mula_cli.partition import GroupingConfig, Person, encode_offsets, flip_offsets, group_people
+
+SIZE, STRIDE, SIGMA = 256, 4, 7.0
+CELLS = SIZE // STRIDE
+J = 14
+NAN = float("nan")
+
+# A standing PASCAL-Person-Part body in units of its height, manifest joint order (x to the image right)
+_BODY = np.array([
+    [0.0, -0.50], [0.0, -0.33],  # head-top, neck
+    [0.11, -0.30], [0.15, -0.13], [0.17, 0.02], [0.07, 0.02], [0.08, 0.25], [0.08, 0.48],  # L arm, leg
+    [-0.11, -0.30], [-0.15, -0.13], [-0.17, 0.02], [-0.07, 0.02], [-0.08, 0.25], [-0.08, 0.48],  # R
+])
+
+
+def _flip_index() -> list[int]:
+    return load_manifest("pascal_person_part").joint_flip_index()
+
+
+def _body(rng: np.random.Generator, centre: np.ndarray, height: float) -> np.ndarray:
+    """One plausible skeleton: the template jittered, mirrored at random (facing), tilted a little."""
+    pts = _BODY + rng.normal(0.0, 0.03, _BODY.shape)
+    if rng.random() < 0.5:  # seen from behind: left and right change sides
+        pts[:, 0] *= -1
+    a = rng.uniform(-0.3, 0.3)
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    return centre + height * pts @ rot.T
+
+
+def _valid(people: np.ndarray, min_joint_gap: float, min_centroid_gap: float) -> bool:
+    """Every person has 6+ joints; same-type joints of two people and centroids are far enough apart."""
+    labelled = np.isfinite(people).all(-1)
+    if (labelled.sum(1) < 6).any():
+        return False
+    centroids = np.stack([p[m].mean(0) for p, m in zip(people, labelled)])
+    for a in range(len(people)):
+        for b in range(a):
+            if np.linalg.norm(centroids[a] - centroids[b]) < min_centroid_gap:
+                return False
+            gaps = np.linalg.norm(people[a] - people[b], axis=-1)
+            if (gaps[np.isfinite(gaps)] < min_joint_gap).any():
+                return False
+    return True
+
+
+def _overlapping(people: np.ndarray) -> bool:
+    """Whether each person's joint box overlaps the next one's (people listed left to right)."""
+    lo, hi = np.nanmin(people, axis=1), np.nanmax(people, axis=1)
+    return bool((lo[1:, 0] < hi[:-1, 0]).all())
+
+
+def _scene(rng: np.random.Generator, n: int, crowd: bool = False) -> np.ndarray:
+    """(n, J, 2) people at a 256 input: random sizes and places (side by side when ``crowd``), some
+    joints unlabelled, joints outside the input unlabelled (truncated people)."""
+    while True:
+        if crowd:
+            height = rng.uniform(140, 190)
+            x0 = rng.uniform(50, 90)
+            centres = [np.array([x0 + 44 * i + rng.uniform(-4, 4), rng.uniform(110, 140)]) for i in range(n)]
+            people = np.stack([_body(rng, c, height * rng.uniform(0.9, 1.1)) for c in centres])
+        else:
+            people = np.stack([_body(rng, rng.uniform(30, 226, 2), rng.uniform(60, 200)) for _ in range(n)])
+        for p in people:
+            p[rng.choice(J, rng.integers(0, 5), replace=False)] = NAN
+        people[((people < 0) | (people > SIZE - 1)).any(-1)] = NAN
+        if crowd and not _overlapping(people):
+            continue
+        if _valid(people, min_joint_gap=16.0, min_centroid_gap=40.0):
+            return people
+
+
+def _targets(people: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    heat = encode_people_heatmaps(people, (CELLS, CELLS), STRIDE, SIGMA, J)[:-1].numpy()
+    offsets, _ = encode_offsets(torch.from_numpy(people), (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+    return heat, offsets.numpy()
+
+
+def _assert_recovered(people: np.ndarray, found: list[Person], tol: float = 4.0) -> None:
+    """Each gt person is one decoded person: the same joints found, each within ``tol`` pixels."""
+    assert len(found) == len(people), f"{len(found)} people decoded for {len(people)}"
+    unused = list(range(len(found)))
+    for p in people:
+        labelled = np.isfinite(p).all(-1)
+        match = [q for q in unused if (np.isfinite(found[q].joints[:, 0]) == labelled).all()
+                 and (np.linalg.norm(found[q].joints[labelled, :2] - p[labelled], axis=-1) <= tol).all()]
+        assert len(match) == 1, f"gt person {p} matched by {len(match)} decoded people"
+        unused.remove(match[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+def test_offset_value_at_a_known_cell_by_hand() -> None:
+    people = np.full((1, J, 2), NAN, np.float32)
+    people[0, 0], people[0, 1] = (101.5, 61.5), (60.0, 140.0)  # joint 0 on the centre of cell (15, 25)
+    offsets, mask = encode_offsets(people, (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+    # centroid (80.75, 100.75); cell (row 15, col 25) is centred on (101.5, 61.5); half input = 128
+    assert offsets[0, 15, 25].item() == pytest.approx((80.75 - 101.5) / 128, abs=1e-6)
+    assert offsets[1, 15, 25].item() == pytest.approx((100.75 - 61.5) / 128, abs=1e-6)
+    # one cell to the right: the vector to the same centroid, 4 pixels shorter in x
+    assert offsets[0, 15, 26].item() == pytest.approx((80.75 - 105.5) / 128, abs=1e-6)
+    assert mask[0, 15, 25] == 1 and mask[0, 0, 0] == 0 and offsets[:2, 0, 0].abs().max() == 0
+
+
+def test_mask_support_is_the_heatmap_support() -> None:
+    rng = np.random.default_rng(1)
+    people = _scene(rng, 3)
+    _, mask = encode_offsets(people, (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+    heat = encode_people_heatmaps(people, (CELLS, CELLS), STRIDE, SIGMA, J)[:-1]
+    assert torch.equal(mask.bool(), heat > 0)
+    # and the radius by hand: the support is d <= sqrt(2 * 4.6052) * sigma = 21.2 pixels
+    one = np.full((1, J, 2), NAN, np.float32)
+    one[0, 0] = (101.5, 61.5)
+    _, mask = encode_offsets(one, (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+    assert mask[0, 15, 25 + 5] == 1 and mask[0, 15, 25 + 6] == 0  # 20 and 24 pixels away
+    assert mask[0, 15 - 5, 25] == 1 and mask[0, 15 - 6, 25] == 0
+    assert mask[0, 15 + 3, 25 + 4] == 1 and mask[0, 15 + 4, 25 + 4] == 0  # 20 and 22.6 pixels away
+
+
+def test_the_nearest_joint_wins_where_supports_overlap() -> None:
+    people = np.full((2, J, 2), NAN, np.float32)
+    people[0, 0], people[0, 1] = (97.5, 61.5), (97.5, 141.5)  # centroid (97.5, 101.5)
+    people[1, 0], people[1, 1] = (123.5, 61.5), (181.5, 61.5)  # centroid (152.5, 61.5)
+    offsets, mask = encode_offsets(people, (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+    for col, centroid in ((26, people[0, :2].mean(0)), (27, people[0, :2].mean(0)),  # x 105.5, 109.5: A
+                          (28, people[1, :2].mean(0)), (29, people[1, :2].mean(0))):  # x 113.5, 117.5: B
+        centre = np.array([1.5 + 4 * col, 61.5])
+        np.testing.assert_allclose(offsets[0:2, 15, col].numpy(), (centroid - centre) / 128, atol=1e-6)
+        assert mask[0, 15, col] == 1
+
+
+def test_unlabelled_joints_and_no_people_give_no_targets() -> None:
+    people = np.full((1, J, 2), NAN, np.float32)
+    people[0, 0], people[0, 5] = (50.0, 50.0), (80.0, 120.0)
+    offsets, mask = encode_offsets(torch.from_numpy(people), (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+    assert offsets.shape == (2 * J, CELLS, CELLS) and mask.shape == (J, CELLS, CELLS)
+    assert offsets.dtype == mask.dtype == torch.float32 and offsets.device.type == "cpu"
+    labelled = {0, 5}
+    for j in range(J):
+        assert (mask[j].sum() > 0) == (j in labelled)
+        assert (offsets[2 * j:2 * j + 2].abs().sum() > 0) == (j in labelled)
+    offsets, mask = encode_offsets(torch.zeros(0, J, 2), (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+    assert offsets.shape == (2 * J, CELLS, CELLS) and mask.shape == (J, CELLS, CELLS)
+    assert offsets.abs().max() == 0 and mask.max() == 0
+
+
+def test_a_batch_equals_one_image_at_a_time() -> None:
+    rng = np.random.default_rng(2)
+    batch = np.stack([_scene(rng, 3) for _ in range(2)]).astype(np.float32)
+    offsets, mask = encode_offsets(torch.from_numpy(batch), (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+    assert offsets.shape == (2, 2 * J, CELLS, CELLS) and mask.shape == (2, J, CELLS, CELLS)
+    for b in range(2):
+        one, one_mask = encode_offsets(torch.from_numpy(batch[b]), (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+        torch.testing.assert_close(offsets[b], one)
+        torch.testing.assert_close(mask[b], one_mask)
+    empty, empty_mask = encode_offsets(torch.zeros(2, 0, J, 2), (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+    assert empty.shape == (2, 2 * J, CELLS, CELLS) and empty_mask.shape == (2, J, CELLS, CELLS)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_targets_on_the_gpu_equal_those_on_the_cpu() -> None:
+    people = torch.from_numpy(_scene(np.random.default_rng(3), 4).astype(np.float32))
+    offsets, mask = encode_offsets(people.cuda(), (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+    assert offsets.device.type == "cuda"
+    cpu, cpu_mask = encode_offsets(people, (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+    torch.testing.assert_close(offsets.cpu(), cpu, atol=1e-5, rtol=0)
+    assert (mask.cpu() != cpu_mask).float().mean() < 1e-3  # cells on the support's edge may round apart
+
+
+def test_flipped_targets_brought_back_equal_the_targets() -> None:
+    flip_index = _flip_index()
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        people = _scene(rng, int(rng.integers(1, 6)))
+        mirrored = flip_joints(people, SIZE, flip_index)
+        offsets, mask = encode_offsets(people, (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+        m_offsets, m_mask = encode_offsets(mirrored, (CELLS, CELLS), STRIDE, SIGMA, SIZE)
+        back = flip_offsets(m_offsets[None], flip_index)[0]
+        back_mask = flip_heatmaps(m_mask[None], flip_index)[0]
+        assert (back_mask != mask).float().mean() < 1e-3  # only rounding on the support's edge may differ
+        both = (mask * back_mask).bool().repeat_interleave(2, dim=0)
+        assert both.any()
+        torch.testing.assert_close(back[both], offsets[both], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouping
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ground_truth_maps_decode_into_the_same_people(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    for _ in range(6):
+        people = _scene(rng, int(rng.integers(1, 7)))
+        heat, offsets = _targets(people)
+        _assert_recovered(people, group_people(heat, offsets, STRIDE, SIZE))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_overlapping_crowds_decode_into_the_same_people(seed: int) -> None:
+    rng = np.random.default_rng(200 + seed)
+    for _ in range(4):
+        people = _scene(rng, int(rng.integers(4, 6)), crowd=True)
+        assert _overlapping(people)
+        heat, offsets = _targets(people)
+        found = group_people(torch.from_numpy(heat), torch.from_numpy(offsets), STRIDE, SIZE)
+        _assert_recovered(people, found)
+
+
+def test_noisy_offsets_still_decode_into_the_same_people() -> None:
+    rng = np.random.default_rng(300)
+    for _ in range(4):
+        people = _scene(rng, 5, crowd=True)
+        heat, offsets = _targets(people)
+        offsets = offsets + rng.normal(0.0, 3.0 / 128, offsets.shape).astype(np.float32)  # 3-pixel votes
+        _assert_recovered(people, group_people(heat, offsets, STRIDE, SIZE))
+
+
+def test_empty_or_sparse_maps_give_no_people() -> None:
+    heat = np.zeros((J, CELLS, CELLS), np.float32)
+    offsets = np.zeros((2 * J, CELLS, CELLS), np.float32)
+    assert group_people(heat, offsets, STRIDE, SIZE) == []
+    people = np.full((1, J, 2), NAN)
+    people[0, :3] = [(50, 50), (50, 70), (70, 70)]  # three joints: under PPN's four
+    heat, offsets = _targets(people)
+    assert group_people(heat, offsets, STRIDE, SIZE) == []
+    found = group_people(heat, offsets, STRIDE, SIZE, GroupingConfig(min_joints=3))
+    assert len(found) == 1 and found[0].score == pytest.approx(3 / J, abs=0.02)
+
+
+def test_a_background_map_and_a_wrong_shape() -> None:
+    people = _scene(np.random.default_rng(5), 2)
+    heat = encode_people_heatmaps(people, (CELLS, CELLS), STRIDE, SIGMA, J).numpy()  # J + 1 maps
+    _, offsets = _targets(people)
+    _assert_recovered(people, group_people(heat, offsets, STRIDE, SIZE))
+    with pytest.raises(ValueError, match="do not match"):
+        group_people(heat[:5], offsets, STRIDE, SIZE)
+
+
+def test_a_person_mapped_to_the_original_picture() -> None:
+    joints = np.array([[10.0, 20.0, 0.9], [NAN, NAN, 0.0], [100.0, 5.0, 0.5]])
+    person = Person(joints, 0.3)
+    back = np.array([[2.0, 0.0, 1.0], [0.0, 2.0, -3.0]])  # scale 2, then shift (1, -3)
+    moved = person.transformed(back)
+    np.testing.assert_allclose(moved.joints[[0, 2]], [[21.0, 37.0, 0.9], [201.0, 7.0, 0.5]])
+    assert np.isnan(moved.joints[1, :2]).all() and moved.score == 0.3
+    clipped = person.transformed(back, (30, 150))  # (H, W): x into [0, 149], y into [0, 29]
+    np.testing.assert_allclose(clipped.joints[[0, 2], :2], [[21.0, 29.0], [149.0, 7.0]])
+
+
+def test_decoded_ground_truth_scores_full_map() -> None:
+    metrics = pytest.importorskip("mula_cli.multi_person_metrics")
+    ap = metrics.MultiPersonPoseAP(load_manifest("pascal_person_part"))
+    rng = np.random.default_rng(400)
+    for i in range(12):
+        crowd = i % 3 == 0
+        people = _scene(rng, 4 if crowd else int(rng.integers(1, 7)), crowd=crowd)
+        heat, offsets = _targets(people)
+        found = group_people(heat, offsets, STRIDE, SIZE)
+        scores = np.array([p.score for p in found])
+        ap.update(np.stack([p.joints for p in found]), people, person_scores=scores)
+    assert ap.compute()["map"] >= 99.0
