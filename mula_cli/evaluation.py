@@ -22,9 +22,12 @@ from torch.utils.data import DataLoader, Subset
 from mula_cli.authors_protocol import predict_originals as predict_authors
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
 from mula_cli.data.transforms import apply_affine, invert_affine
+from mula_cli.errors import MulaError
 from mula_cli.inference import AUTHORS, InferenceOptions, ScaleViews, predict_batch, to_original
 from mula_cli.manifests import DatasetManifest
 from mula_cli.metrics import ParsingMetrics, PoseMetrics
+from mula_cli.multi_person_metrics import MultiPersonPoseAP
+from mula_cli.partition import Person
 
 
 @dataclass
@@ -35,6 +38,7 @@ class ImagePrediction:
     labels: np.ndarray  # (H, W) uint8 class ids
     joints: np.ndarray  # (J, 2) x, y in original pixels
     scores: np.ndarray  # (J,)
+    people: list[Person] | None = None  # multi-person models: each person's joints in original pixels
 
 
 @dataclass
@@ -48,19 +52,25 @@ class EvalResult:
         """The headline numbers (for logs and ``best.pt`` selection)."""
         out = {"pixel_acc": float(self.parsing["pixel_acc"]), "mean_acc": float(self.parsing["mean_acc"]),
                "miou": float(self.parsing["miou"])}
-        if self.pose is not None:
+        if self.pose is not None and "map" in self.pose:
+            out["map"] = float(self.pose["map"])
+        elif self.pose is not None:
             out["pckh"] = float(self.pose["pckh"])
         return out
 
 
+Found = tuple[torch.Tensor, np.ndarray, np.ndarray, "list[Person] | None"]
+
+
 def _predict_originals(model: torch.nn.Module, x: torch.Tensor, batch: dict, manifest: DatasetManifest,
-                       options: InferenceOptions) -> list[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
-    """(labels (H, W), joints (J, 2), scores (J,)) of each picture of a batch at its original resolution."""
+                       options: InferenceOptions) -> list[Found]:
+    """(labels (H, W), joints (J, 2), scores (J,), people or None) of each picture of a batch at its
+    original resolution."""
     sizes = [tuple(int(v) for v in hw) for hw in batch["orig_size"]]
     if options.protocol == AUTHORS:
         found = predict_authors(model, batch["views"].to(x.device), batch["windows"].numpy(), sizes, manifest,
                                 options.scales, options.blur_sigma)
-        return [(p.labels, p.joints, p.scores) for p in found]
+        return [(p.labels, p.joints, p.scores, None) for p in found]
     views = None
     if "views" in batch:
         views = ScaleViews(batch["views"].to(x.device), batch["view_affines"].numpy(), batch["affine"].numpy())
@@ -69,8 +79,10 @@ def _predict_originals(model: torch.nn.Module, x: torch.Tensor, batch: dict, man
     out = []
     for i, (h, w) in enumerate(sizes):
         affine = batch["affine"][i].numpy()
-        joints = apply_affine(coords[i].astype(np.float64), invert_affine(affine))
-        out.append((to_original(pred.labels[i], affine, (h, w)), joints, scores[i]))
+        back = invert_affine(affine)
+        joints = apply_affine(coords[i].astype(np.float64), back)
+        people = None if pred.people is None else [person.transformed(back) for person in pred.people[i]]
+        out.append((to_original(pred.labels[i], affine, (h, w)), joints, scores[i], people))
     return out
 
 
@@ -111,27 +123,40 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
     model.eval()
     device = next(model.parameters()).device
     parsing = ParsingMetrics(manifest.num_classes, device=device)
-    pose = None if manifest.multi_person else PoseMetrics(manifest, device=device)
+    config = getattr(model, "config", None)
+    if manifest.multi_person and config is not None and config.partition:
+        if options.protocol == AUTHORS:
+            raise MulaError("--protocol authors is the authors' single-person LIP test; multi-person models "
+                            "use the default protocol")
+        pose: PoseMetrics | MultiPersonPoseAP | None = MultiPersonPoseAP(manifest)
+    else:
+        pose = None if manifest.multi_person else PoseMetrics(manifest, device=device)
     images = 0
     start = time.perf_counter()
     for batch in loader:
         x = batch["image"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None and device.type == "cuda"):
             predictions = _predict_originals(model, x, batch, manifest, options)
-        for i, (labels, joints, scores) in enumerate(predictions):
+        for i, (labels, joints, scores, found) in enumerate(predictions):
             gt = batch["orig_parsing"][i]
             if gt is not None:
                 parsing.update(labels, torch.from_numpy(gt))
             people = batch["orig_joints"][i]
-            if pose is not None and len(people):
+            if isinstance(pose, MultiPersonPoseAP):
+                pose.update(np.stack([p.joints for p in found]) if found else np.zeros((0, manifest.num_joints, 3)),
+                            people, gt_boxes=batch["orig_boxes"][i], person_scores=np.array([p.score for p in found]))
+            elif pose is not None and len(people):
                 pose.update(joints, people[0])
             if on_prediction is not None:
-                on_prediction(ImagePrediction(batch["id"][i], labels.to(torch.uint8).cpu().numpy(), joints, scores))
+                on_prediction(ImagePrediction(batch["id"][i], labels.to(torch.uint8).cpu().numpy(), joints, scores,
+                                              found))
         images += x.shape[0]
         if progress is not None:
             progress(x.shape[0])
     parsing.all_reduce()
-    if pose is not None:
+    if isinstance(pose, MultiPersonPoseAP):
+        pose.gather()  # AP needs every rank's detections, not sums
+    elif pose is not None:
         pose.all_reduce()
     count = torch.tensor([images], device=device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -5,7 +5,9 @@ input size S (letterbox your pictures as ``mula_cli.data.transforms.letterbox`` 
 model's normalisation inside, and returns the final stage's
 
 - ``parsing``: logits upsampled to S x S (B, K, S, S), or with ``labels`` the class ids (B, S, S);
-- ``heatmaps``: pose heatmaps at the model stride (B, J + 1, S/s, S/s), background map last.
+- ``heatmaps``: pose heatmaps at the model stride (B, J + 1, S/s, S/s), background map last;
+- ``offsets`` (multi-person models only): the partition branch's centroid offsets (B, 2J, S/s, S/s),
+  x and y of joint j in channels 2j and 2j+1, in units of half the input size (mula_cli.partition).
 
 TorchScript accepts uint8 or float input; ONNX takes float32 (float16 with ``half``). The model
 configuration and dataset manifest travel inside the file (TorchScript extra file / ONNX metadata),
@@ -38,13 +40,13 @@ class ExportWrapper(nn.Module):
         self.model = model
         self.labels = labels
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         out = self.model(image)
         size = (image.shape[-2], image.shape[-1])
         parsing = upsample_logits(out.parsing[-1], size)
         if self.labels:
             parsing = parsing.argmax(dim=1)
-        return parsing, out.pose[-1]
+        return (parsing, out.pose[-1], out.offsets[-1]) if out.offsets else (parsing, out.pose[-1])
 
 
 @dataclass
@@ -111,9 +113,10 @@ def _export_onnx(wrapper: ExportWrapper, example: Tensor, path: Path, opset: int
         import onnx
     except ImportError:
         raise MulaError("ONNX export needs the onnx package: pip install onnx onnxruntime") from None
-    axes = {"image": {0: "batch"}, "parsing": {0: "batch"}, "heatmaps": {0: "batch"}} if dynamic else None
+    names = ["parsing", "heatmaps"] + (["offsets"] if wrapper.model.config.partition else [])
+    axes = {name: {0: "batch"} for name in ["image", *names]} if dynamic else None
     torch.onnx.export(wrapper, (example,), str(path), opset_version=opset, input_names=["image"],
-                      output_names=["parsing", "heatmaps"], dynamic_axes=axes, dynamo=False)
+                      output_names=names, dynamic_axes=axes, dynamo=False)
     graph = onnx.load(str(path))
     entry = graph.metadata_props.add()
     entry.key, entry.value = META_KEY, meta
@@ -128,10 +131,13 @@ def _verify(wrapper: ExportWrapper, path: Path, fmt: str, device: torch.device, 
     for b in batches:
         x = torch.randint(0, 256, (b, 3, size, size), generator=torch.Generator().manual_seed(b)).to(device, dtype)
         with torch.no_grad():
-            want_parsing, want_heat = wrapper(x)
-            got_parsing, got_heat = exported.raw(x)
-        scale = float(want_heat.abs().max()) or 1.0
-        worst = max(worst, float((got_heat.float() - want_heat.float()).abs().max()) / scale)
+            want_parsing, *want_maps = wrapper(x)
+            got_parsing, *got_maps = exported.raw(x)
+        if len(got_maps) != len(want_maps):
+            raise MulaError(f"the {fmt} export lost the offset maps, so nothing was written; please report this")
+        for want, got in zip(want_maps, got_maps):  # heatmaps (and offsets)
+            scale = float(want.abs().max()) or 1.0
+            worst = max(worst, float((got.float() - want.float()).abs().max()) / scale)
         if labels:
             agreement = min(agreement, float((got_parsing == want_parsing).float().mean()))
         else:

@@ -37,7 +37,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from mula_cli.model.adaptation import AdaptiveResidual, StaticResidual
 from mula_cli.model.blocks import ConvBnRelu, PlainBottleneck, PostActSkip, PostRes, PreActSkip, PreRes
 from mula_cli.model.hourglass import Hourglass, HourglassStageEncoder, HourglassStem
-from mula_cli.model.mula import MuLA, MulaOutput, NextStageMapping
+from mula_cli.model.mula import ModelOutput, MuLA, NextStageMapping, model_output
 from mula_cli.ops import dynamic_depthwise_conv2d
 
 _PACKED_SHAPES = 4  # input shapes a FusedConv keeps packed weights for (each a copy of the weights)
@@ -328,20 +328,20 @@ class FastMuLA(nn.Module):
         with torch.no_grad():
             self.model = convert(copy.deepcopy(model).eval(), onednn).to(memory_format=torch.channels_last)
 
-    def forward(self, image: Tensor) -> MulaOutput:
+    def forward(self, image: Tensor) -> ModelOutput:
         image = image.contiguous(memory_format=torch.channels_last)
         shards = min(self.workers, image.shape[0])
         if shards < 2 or image.device.type != "cpu":
             return self.model(image)
         return self._sharded(image, shards)
 
-    def _sharded(self, image: Tensor, shards: int) -> MulaOutput:
+    def _sharded(self, image: Tensor, shards: int) -> ModelOutput:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mula-shard")
         threads = torch.get_num_threads()
         grad = torch.is_grad_enabled()
 
-        def run(chunk: Tensor) -> MulaOutput:
+        def run(chunk: Tensor) -> ModelOutput:
             # Thread counts and grad mode are per thread: set them in the worker itself.
             torch.set_num_threads(max(1, threads // shards))
             with torch.set_grad_enabled(grad):
@@ -351,8 +351,9 @@ class FastMuLA(nn.Module):
             outputs = list(self._pool.map(run, image.chunk(shards)))
         finally:
             torch.set_num_threads(threads)  # the workers changed the process-wide default too
-        return MulaOutput([torch.cat(stage) for stage in zip(*(o.pose for o in outputs))],
-                          [torch.cat(stage) for stage in zip(*(o.parsing for o in outputs))])
+        return model_output([torch.cat(stage) for stage in zip(*(o.pose for o in outputs))],
+                            [torch.cat(stage) for stage in zip(*(o.parsing for o in outputs))],
+                            [torch.cat(stage) for stage in zip(*(o.offsets for o in outputs))])
 
     def describe(self) -> str:
         """What the fast path does here, for the user."""
@@ -400,7 +401,8 @@ class Bfloat16(nn.Module):
         self.model = model
         self.config = model.config
 
-    def forward(self, image: Tensor) -> MulaOutput:
+    def forward(self, image: Tensor) -> ModelOutput:
         with torch.autocast(image.device.type, dtype=torch.bfloat16):
             out = self.model(image)
-        return MulaOutput([p.float() for p in out.pose], [p.float() for p in out.parsing])
+        return model_output([p.float() for p in out.pose], [p.float() for p in out.parsing],
+                            [p.float() for p in out.offsets])

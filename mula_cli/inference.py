@@ -13,13 +13,17 @@ into the base window (the scale-1 letterbox, i.e. the picture) and averaged ther
 the blur and argmax, logits before the argmax. Where a window does not cover the picture (the
 centre crop of a scale above 1) only the windows that see it are averaged.
 
+Multi-person models (the partition branch) also fuse their centroid offsets the same way (flip:
+mirrored back with x negated; scales: sampled into the base window and divided by the view's
+scale), and every image's joint candidates are grouped into people (:func:`mula_cli.partition.group_people`).
+
 ``protocol="authors"`` replaces all of this with the authors' exact test-time processing
 (:mod:`mula_cli.authors_protocol`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,6 +34,7 @@ from mula_cli.errors import MulaError
 from mula_cli.heatmaps import decode_official, flip_heatmaps, flip_logits
 from mula_cli.manifests import DatasetManifest
 from mula_cli.model.loss import upsample_logits
+from mula_cli.partition import GroupingConfig, Person, flip_offsets, group_people
 
 DEFAULT = "default"
 AUTHORS = "authors"
@@ -48,6 +53,7 @@ class InferenceOptions:
     scales: tuple[float, ...] = (1.0,)
     blur_sigma: float = 3.0
     protocol: str = DEFAULT
+    grouping: GroupingConfig = field(default_factory=GroupingConfig)  # multi-person decoding (partition branch)
 
 
 @dataclass
@@ -68,6 +74,8 @@ class BatchPrediction:
     joints: Tensor  # (B, J, 2) x, y
     scores: Tensor  # (B, J) heatmap maxima after blurring
     heatmaps: Tensor  # (B, J, S/s, S/s) fused joint heatmaps (no background map)
+    offsets: Tensor | None = None  # (B, 2J, S/s, S/s) fused centroid offsets (partition branch)
+    people: list[list[Person]] | None = None  # each image's people (partition branch), base-window pixels
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -85,20 +93,25 @@ def parse_scales(text: str) -> tuple[float, ...]:
 
 
 def _view_outputs(model: torch.nn.Module, x: Tensor, manifest: DatasetManifest,
-                  options: InferenceOptions) -> tuple[Tensor, Tensor]:
-    """Final-stage joint heatmaps (B, J, h, w) and parsing logits (B, K, h, w) of one window each,
-    flip-averaged as the options ask."""
+                  options: InferenceOptions) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Final-stage joint heatmaps (B, J, h, w), parsing logits (B, K, h, w) and centroid offsets
+    (B, 2J, h, w; None without the partition branch) of one window each, flip-averaged as the options ask."""
     joints = model.config.num_joints
     flip = options.pose_flip or options.parsing_flip
     out = model(torch.cat([x, x.flip(-1)]) if flip else x)
     pose, parsing = out.pose[-1].float(), out.parsing[-1].float()
+    offsets = out.offsets[-1].float() if out.offsets else None
     b = x.shape[0]
     heat, logits = pose[:b, :joints], parsing[:b]
     if options.pose_flip:
         heat = (heat + flip_heatmaps(pose[b:], manifest.joint_flip_index())[:, :joints]) / 2
+        if offsets is not None:
+            offsets = (offsets[:b] + flip_offsets(offsets[b:], manifest.joint_flip_index())) / 2
+    elif offsets is not None:
+        offsets = offsets[:b]
     if options.parsing_flip:
         logits = (logits + flip_logits(parsing[b:], manifest.class_flip_lut())) / 2
-    return heat, logits
+    return heat, logits, offsets
 
 
 def _base_to_view(affines: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -155,27 +168,40 @@ def predict_batch(model: torch.nn.Module, images: Tensor, manifest: DatasetManif
     if views is None:
         if tuple(options.scales) != (1.0,):
             raise ValueError("multi-scale testing needs the picture at each scale: pass views (scale_views)")
-        heat, logits = _view_outputs(model, images, manifest, options)
+        heat, logits, offsets = _view_outputs(model, images, manifest, options)
         fused_logits = upsample_logits(logits, (size, size))
     else:
-        heat_sum = heat_n = logit_sum = logit_n = None
+        heat_sum = heat_n = logit_sum = logit_n = offset_sum = None
         heat_points = _grid_points(cells, cfg.stride, cfg.stride / 2 - 0.5)
         pixel_points = _grid_points(size, 1.0, 0.0)
         for k in range(views.images.shape[1]):
-            heat_k, logits_k = _view_outputs(model, views.images[:, k], manifest, options)
+            heat_k, logits_k, offsets_k = _view_outputs(model, views.images[:, k], manifest, options)
             matrices = _base_to_view(views.affines[:, k], views.base)
             if np.allclose(matrices, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], atol=1e-9):  # the base window itself
                 h, hn = heat_k, torch.ones_like(heat_k[:, :1])
                 g, gn = upsample_logits(logits_k, (size, size)), torch.ones_like(heat_k[:, :1, :1, :1])
+                o = offsets_k
             else:
                 h, hn = _sample(heat_k, matrices, heat_points, size, align_corners=False)
                 g, gn = _sample(logits_k, matrices, pixel_points, size, align_corners=True)
+                if offsets_k is not None:  # view pixels per base pixel: an offset in the view is that much longer
+                    scale = torch.from_numpy(matrices[:, 0, 0]).to(offsets_k).reshape(-1, 1, 1, 1)
+                    o = _sample(offsets_k, matrices, heat_points, size, align_corners=False)[0] / scale
             heat_sum, heat_n = (h, hn) if heat_sum is None else (heat_sum + h, heat_n + hn)
             logit_sum, logit_n = (g, gn) if logit_sum is None else (logit_sum + g, logit_n + gn)
+            if offsets_k is not None:
+                offset_sum = o if offset_sum is None else offset_sum + o
         heat = heat_sum / heat_n.clamp(min=1)
         fused_logits = logit_sum / logit_n.clamp(min=1)
+        offsets = None if offset_sum is None else offset_sum / heat_n.clamp(min=1)
     coords, scores = decode_official(heat, (size, size), options.blur_sigma)
-    return BatchPrediction(fused_logits.argmax(dim=1), fused_logits.softmax(dim=1), coords, scores, heat)
+    people = None
+    if offsets is not None:
+        heat_np, offsets_np = heat.cpu().numpy(), offsets.cpu().numpy()
+        people = [group_people(heat_np[i], offsets_np[i], cfg.stride, size, options.grouping)
+                  for i in range(len(heat_np))]
+    return BatchPrediction(fused_logits.argmax(dim=1), fused_logits.softmax(dim=1), coords, scores, heat,
+                           offsets, people)
 
 
 def to_original(labels: Tensor, affine: np.ndarray, orig_hw: tuple[int, int]) -> Tensor:

@@ -4,6 +4,7 @@
 >>> predictor = Predictor("runs/train/exp/weights/best.pt")
 >>> result = predictor("photo.jpg")          # a path, a PIL image or an (H, W[, C]) array
 >>> result.labels.shape, result.joints.shape  # (H, W) class ids, (J, 2) x, y in the photo's pixels
+>>> result.people  # multi-person models: every person found (joints (J, 3) x, y, score; a score)
 
 Pictures are read as people's photos are: EXIF orientation applied; grayscale, RGBA, palette,
 CMYK and 16-bit images turned into 8-bit RGB; very large JPEGs decoded at a reduced scale (the
@@ -25,6 +26,7 @@ from mula_cli.data.transforms import apply_affine, invert_affine, letterbox, sca
 from mula_cli.errors import MulaError
 from mula_cli.inference import InferenceOptions, ScaleViews, predict_batch, to_original
 from mula_cli.manifests import DatasetManifest, load_manifest, manifest_from_json
+from mula_cli.partition import Person
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -38,6 +40,7 @@ class Prediction:
     joints: np.ndarray  # (J, 2) float x, y in pixels
     scores: np.ndarray  # (J,) heatmap maxima (confidence)
     size: tuple[int, int]  # (height, width)
+    people: list[Person] | None = None  # multi-person models: every person found, in the picture's pixels
 
 
 def read_image(source: ImageInput, max_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
@@ -177,10 +180,12 @@ class Predictor:
         results = []
         for i, (m, hw) in enumerate(zip(affines, sizes)):
             labels = to_original(pred.labels[i], m, hw).to(torch.uint8).cpu().numpy()
-            joints = apply_affine(coords[i].astype(np.float64), invert_affine(m))
+            back = invert_affine(m)
+            joints = apply_affine(coords[i].astype(np.float64), back)
             # a maximum in the letterbox padding still names the nearest place inside the picture
             joints = np.clip(joints, 0.0, [hw[1] - 1.0, hw[0] - 1.0])
-            results.append(Prediction(labels, joints, scores[i], hw))
+            people = None if pred.people is None else [p.transformed(back, hw) for p in pred.people[i]]
+            results.append(Prediction(labels, joints, scores[i], hw, people))
         return results
 
 

@@ -16,14 +16,14 @@ from torch import Tensor
 
 from mula_cli.errors import MulaError
 from mula_cli.model.config import MulaConfig
-from mula_cli.model.mula import MulaOutput
+from mula_cli.model.mula import ModelOutput, model_output
 
 META_KEY = "mula"
 FORMATS = {"torchscript": ".torchscript", "onnx": ".onnx"}
 
 
 class ExportedModel:
-    """An exported file loaded for inference; called like a MuLA model (returns a one-stage MulaOutput)."""
+    """An exported file loaded for inference; called like a MuLA model (returns a one-stage MulaOutput, or MultiPersonOutput)."""
 
     def __init__(self, path: Path, runner: Any, meta: dict[str, Any], device: torch.device) -> None:
         self.path, self.runner, self.device = path, runner, device
@@ -33,8 +33,8 @@ class ExportedModel:
         self.dtype = torch.float16 if meta.get("half") else torch.float32
         self.batch: int | None = meta.get("batch")  # None: any batch size
 
-    def raw(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """The file's own outputs (parsing, heatmaps)."""
+    def raw(self, image: Tensor) -> tuple[Tensor, ...]:
+        """The file's own outputs (parsing, heatmaps, and offsets for a multi-person model)."""
         x = image.to(self.device, self.dtype)
         if self.batch is not None and x.shape[0] != self.batch:
             raise MulaError(f"{self.path} was exported for batches of exactly {self.batch} images; export again "
@@ -43,16 +43,14 @@ class ExportedModel:
             raise MulaError(f"{self.path} takes {self.config.input_size}x{self.config.input_size} inputs, not "
                             f"{x.shape[-1]}x{x.shape[-2]}")
         if isinstance(self.runner, torch.jit.ScriptModule):
-            parsing, heat = self.runner(x)
-            return parsing, heat
-        parsing, heat = self.runner.run(None, {"image": x.cpu().numpy()})
-        return torch.from_numpy(parsing).to(self.device), torch.from_numpy(heat).to(self.device)
+            return tuple(self.runner(x))
+        return tuple(torch.from_numpy(a).to(self.device) for a in self.runner.run(None, {"image": x.cpu().numpy()}))
 
-    def __call__(self, image: Tensor) -> MulaOutput:
-        parsing, heat = self.raw(image)
+    def __call__(self, image: Tensor) -> ModelOutput:
+        parsing, heat, *offsets = self.raw(image)
         if self.labels_only:  # class ids back to scores whose argmax is the same label
             parsing = torch.nn.functional.one_hot(parsing.long(), self.config.num_classes).permute(0, 3, 1, 2)
-        return MulaOutput([heat.float()], [parsing.float()])
+        return model_output([heat.float()], [parsing.float()], [o.float() for o in offsets])
 
     def eval(self) -> ExportedModel:
         return self

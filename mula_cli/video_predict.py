@@ -36,7 +36,7 @@ from PIL import Image
 
 from mula_cli.smoothing import OneEuroFilter, OneEuroSettings
 from mula_cli.video import Frame, VideoReader, VideoWriter
-from mula_cli.visualize import draw_skeleton, overlay, save_label_png
+from mula_cli.visualize import draw_people, draw_skeleton, overlay, save_label_png
 
 _END = object()  # end of a queue's items
 _POLL_S = 0.1  # queue waits wake up this often to notice a stop
@@ -147,17 +147,27 @@ class _Writer:
         height, width = frame.image.shape[:2]
         if self.smoother is not None:  # in units of the long side, as the settings expect
             joints = self.smoother(joints / max(height, width), frame.time) * max(height, width)
+        if prediction.people is not None:  # multi-person: every person found (no smoothing: identities change)
+            people = [{"joints": [r for r in joint_records(self.manifest.joints, p.joints[:, :2], p.joints[:, 2])
+                                  if np.isfinite(r["x"]) and np.isfinite(r["y"])],
+                       "score": round(float(p.score), 4)} for p in prediction.people]
+        else:
+            people = [{"joints": joint_records(self.manifest.joints, joints, prediction.scores),
+                       "score": round(float(np.mean(prediction.scores)), 4)}]
         if self.lines is not None:
             record = {"frame": frame.index, "time": round(frame.time, 4), "width": width, "height": height,
-                      "people": [{"joints": joint_records(self.manifest.joints, joints, prediction.scores),
-                                  "score": round(float(np.mean(prediction.scores)), 4)}]}  # fmt: skip
+                      "people": people}
             self.lines.write(json.dumps(record) + "\n")
             self.lines.flush()  # a crash or Ctrl-C keeps every line written so far
         if self.outputs.labels_dir is not None:
             save_label_png(self.outputs.labels_dir / f"frame_{frame.index:06d}.png", prediction.labels, self.manifest)
-        if self.draw:
+        if self.draw and prediction.people is not None:
+            drawn = draw_people(overlay(Image.fromarray(frame.image), prediction.labels, self.manifest),
+                                [p.joints for p in prediction.people], self.manifest)
+        elif self.draw:
             drawn = draw_skeleton(overlay(Image.fromarray(frame.image), prediction.labels, self.manifest), joints,
                                   self.manifest, prediction.scores)
+        if self.draw:
             self.latest = np.asarray(drawn)
             if self.video is not None:
                 self.video.write(self.latest, frame.time)

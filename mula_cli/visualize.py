@@ -46,6 +46,39 @@ def overlay(image: Image.Image, labels: np.ndarray, manifest: DatasetManifest, a
     return Image.fromarray(blended.round().astype(np.uint8))
 
 
+# One colour per person (multi-person overlays), distinct on photos and on the part palette.
+PERSON_COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+                  (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212))
+
+
+def draw_people(image: Image.Image, people: list[np.ndarray], manifest: DatasetManifest,
+                low_score: float = LOW_SCORE) -> Image.Image:
+    """Draw every person's skeleton in its own colour on a copy of ``image``.
+
+    Args:
+        image: the picture to draw on.
+        people: per person a (J, 3) array of x, y, score in the picture's pixels (NaN = not found).
+        manifest: skeleton edges.
+        low_score: joints under this confidence are drawn hollow, their limbs dashed.
+    """
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    size = max(out.size)
+    width, radius = max(1, size // 150), max(2, size // 100)
+    for k, person in enumerate(people):
+        colour = PERSON_COLOURS[k % len(PERSON_COLOURS)]
+        xy, scores = person[:, :2], np.nan_to_num(person[:, 2], nan=0.0)
+        ok = np.isfinite(xy).all(axis=1)
+        for a, b in manifest.skeleton:
+            if ok[a] and ok[b]:
+                _line(draw, xy[a], xy[b], colour, width, dashed=min(scores[a], scores[b]) < low_score)
+        for j in np.flatnonzero(ok):
+            x, y = xy[j]
+            box = (x - radius, y - radius, x + radius, y + radius)
+            draw.ellipse(box, fill=colour if scores[j] >= low_score else None, outline=(0, 0, 0))
+    return out
+
+
 def draw_skeleton(image: Image.Image, joints: np.ndarray, manifest: DatasetManifest,
                   scores: np.ndarray | None = None, low_score: float = LOW_SCORE) -> Image.Image:
     """Draw limbs and joints on a copy of ``image``.

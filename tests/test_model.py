@@ -17,7 +17,7 @@ from mula_cli.model.adaptation import (
     adaptive_average_by_matrices,
 )
 from mula_cli.model.config import HOURGLASS, MTL
-from mula_cli.model.mula import MuLA, MulaOutput, count_parameters, model_from_config
+from mula_cli.model.mula import MuLA, MulaOutput, MultiPersonOutput, count_parameters, model_from_config
 from mula_cli.model.presets import PRESETS, build_model, preset_config
 from mula_cli.ops import dynamic_depthwise_conv2d
 
@@ -44,14 +44,17 @@ def test_every_preset_runs_and_reaches_every_parameter(name: str) -> None:
     cfg = model.config
     size = cfg.input_size
     out = model(images(2, size))
-    assert isinstance(out, MulaOutput)
+    assert isinstance(out, MultiPersonOutput if cfg.partition else MulaOutput)
     assert len(out.pose) == len(out.parsing) == cfg.stages
     side = size // cfg.stride
     for pose, parsing in zip(out.pose, out.parsing):
         assert pose.shape == (2, cfg.num_joints + 1, side, side)
         assert parsing.shape == (2, cfg.num_classes, side, side)
         assert torch.isfinite(pose).all() and torch.isfinite(parsing).all()
-    total = sum(p.sum() for p in out.pose) + sum(p.sum() for p in out.parsing)
+    assert len(out.offsets) == (cfg.stages if cfg.partition else 0)
+    for offsets in out.offsets:
+        assert offsets.shape == (2, 2 * cfg.num_joints, side, side)
+    total = sum(p.sum() for p in out.pose) + sum(p.sum() for p in out.parsing) + sum(p.sum() for p in out.offsets)
     total.backward()
     unused = [n for n, p in model.named_parameters() if p.grad is None]
     assert not unused, f"{name}: parameters without gradient: {unused[:5]}"

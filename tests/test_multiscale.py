@@ -14,6 +14,7 @@ from PIL import Image
 from mula_cli.data.transforms import eval_affine, invert_affine, letterbox, scale_views
 from mula_cli.inference import PAPER_SCALES, InferenceOptions, ScaleViews, parse_scales, predict_batch
 from mula_cli.manifests import load_manifest
+from mula_cli.model.mula import MulaOutput
 
 LIP = load_manifest("lip")
 SIZE, STRIDE = 64, 4
@@ -27,12 +28,12 @@ class Probe(torch.nn.Module):
         self.config = SimpleNamespace(num_joints=LIP.num_joints, stride=STRIDE, input_size=SIZE)
         self.anchor = torch.nn.Parameter(torch.zeros(()))  # a device for evaluate_model
 
-    def forward(self, x: torch.Tensor) -> SimpleNamespace:
+    def forward(self, x: torch.Tensor) -> MulaOutput:
         pooled = F.avg_pool2d(x.float(), STRIDE) / 255.0
         r, g, b = pooled[:, :1], pooled[:, 1:2], pooled[:, 2:3]
         pose = torch.cat([r * (j + 1) - g * j + b * (j % 3) for j in range(LIP.num_joints + 1)], dim=1)
         parsing = torch.cat([(r, g, b)[k % 3] * (k + 1) - (r, g, b)[(k + 1) % 3] * k for k in range(LIP.num_classes)], 1)
-        return SimpleNamespace(pose=[pose], parsing=[parsing])
+        return MulaOutput([pose], [parsing])
 
 
 def _picture(height: int = 90, width: int = 50) -> Image.Image:

@@ -129,15 +129,24 @@ class _PredictionWriter:
         self.folder, self.manifest, self._save = Path(folder), manifest, save_label_png
         (self.folder / "parsing").mkdir(parents=True, exist_ok=True)
         self.rows: list[str] = []
+        self.people: list[dict] = []
 
     def add(self, pred) -> None:
         self._save(self.folder / "parsing" / f"{pred.id}.png", pred.labels, self.manifest)
+        if pred.people is not None:  # multi-person: COCO keypoint results
+            from mula_cli.commands.predict import people_document
+
+            self.people += people_document(Path(pred.id), pred.people, self.manifest)["people"]
+            return
         coords = [str(int(round(v))) for xy in pred.joints for v in xy]
         self.rows.append(",".join([f"{pred.id}.jpg", *coords]))
 
     def close(self) -> None:
-        path = self.folder / f"pred_keypoints_{self.manifest.name}.csv"
-        atomic_write(path, lambda temp: temp.write_text("\n".join(self.rows) + "\n", encoding="utf-8"))
+        if self.rows:
+            path = self.folder / f"pred_keypoints_{self.manifest.name}.csv"
+            atomic_write(path, lambda temp: temp.write_text("\n".join(self.rows) + "\n", encoding="utf-8"))
+        if self.manifest.multi_person:
+            write_json(self.folder / f"pred_people_{self.manifest.name}.json", self.people)
 
 
 def _fmt(value: float) -> str:
@@ -162,6 +171,9 @@ def _print_tables(result, manifest) -> None:
         out.print("pose: multi-person pose metrics (mAP) need a multi-person pose model; only parsing is scored")
         return
     q = result.pose
+    if "map" in q:  # multi-person
+        _print_map(q, manifest)
+        return
     groups = Table(title="PCKh@0.5 (percent)", title_justify="left")
     for name in q["groups"]:
         groups.add_column(name, justify="right")
@@ -173,5 +185,22 @@ def _print_tables(result, manifest) -> None:
     joints.add_column("joint")
     joints.add_column("PCKh", justify="right")
     for name, value in zip(manifest.joints, q["joint_pckh"]):
+        joints.add_row(name, _fmt(value))
+    out.print(joints)
+
+
+def _print_map(q: dict, manifest) -> None:
+    """Multi-person pose: mAP with the usual groups, then AP per joint."""
+    groups = Table(title=f"pose AP@{q['threshold']:g} (percent; MPII multi-person protocol)", title_justify="left")
+    for name in [*q["groups"], "mAP"]:
+        groups.add_column(name, justify="right")
+    groups.add_row(*(_fmt(v) for v in q["groups"].values()), _fmt(q["map"]))
+    out.print(groups)
+    out.print(f"{q['images']} images, {q['gt_people']} people annotated, {q['pred_people']} predicted; "
+              f"reference distance: {q['reference']}")
+    joints = Table(title="AP per joint", title_justify="left")
+    joints.add_column("joint")
+    joints.add_column("AP", justify="right")
+    for name, value in zip(manifest.joints, q["joint_ap"]):
         joints.add_row(name, _fmt(value))
     out.print(joints)

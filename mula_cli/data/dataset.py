@@ -12,6 +12,8 @@ A sample is a dict of tensors:
 - ``parsing``: (S, S) uint8 class ids at input resolution, the manifest's ``ignore_label`` (255 for
   LIP) = ignore (the whole map when the sample has no usable label);
 - ``heatmaps``: (J + 1, S/s, S/s) float32 targets at the model stride (see mula_cli.heatmaps);
+- multi-person datasets, training only: ``offsets`` (2J, S/s, S/s) and ``offset_mask`` (J, S/s, S/s),
+  the partition branch's targets (see mula_cli.partition);
 - ``joints``: (J, 2) float32 joint positions in input pixels (0 where unlabelled), ``joint_mask``:
   (J,) bool labelled joints;
 - ``affine``: (2, 3) float64 original-to-input matrix, ``orig_size``: (2,) original height, width,
@@ -22,7 +24,7 @@ A sample is a dict of tensors:
   each scale, and ``view_affines`` (n, 2, 3); with the authors' protocol ``views`` and ``windows``
   (their placements, see mula_cli.authors_protocol);
 - evaluation mode only: ``orig_parsing`` (H, W) uint8 ground truth at original size (None when the
-  sample has none) and ``orig_joints`` (P, J, 2) in original pixels, for scoring.
+  sample has none), ``orig_joints`` (P, J, 2) and ``orig_boxes`` (P, 4) in original pixels, for scoring.
 
 Use :func:`collate` as the DataLoader's ``collate_fn``: it stacks what has one shape and keeps the
 rest (ids, original-size ground truth) as lists.
@@ -54,6 +56,7 @@ from mula_cli.data.transforms import (
     warp_label,
 )
 from mula_cli.heatmaps import encode_people_heatmaps, swap_joints, swap_labels
+from mula_cli.partition import encode_offsets
 
 
 @dataclass(frozen=True)
@@ -153,18 +156,25 @@ class MulaDataset(Dataset):
             people = swap_joints(people, self._flip_index)
         heatmaps = encode_people_heatmaps(people, (size // stride, size // stride), stride, cfg.sigma,
                                           self.manifest.num_joints)
+        partition: dict[str, object] = {}
+        if cfg.train and self.manifest.multi_person:
+            offsets, offset_mask = encode_offsets(torch.from_numpy(people.astype(np.float32)),
+                                                  (size // stride, size // stride), stride, cfg.sigma, size)
+            partition = {"offsets": offsets, "offset_mask": offset_mask}
         first = people[0] if len(people) else np.full((self.manifest.num_joints, 2), np.nan)
         mask = np.isfinite(first).all(axis=1)
         return {
             **{k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in pixels.items()},
             "heatmaps": heatmaps,
+            **partition,
             "joints": torch.from_numpy(np.where(mask[:, None], first, 0.0).astype(np.float32)),
             "joint_mask": torch.from_numpy(mask),
             "affine": torch.from_numpy(m),
             "orig_size": torch.tensor([img.height, img.width]),
             "index": index,
             "id": t.ids[index],
-            **({} if cfg.train else {"orig_parsing": label, "orig_joints": joints}),
+            **({} if cfg.train else {"orig_parsing": label, "orig_joints": joints,
+                                     "orig_boxes": t.boxes_table[slice(*_span(t.person_index[index]))]}),
         }
 
     def _test_views(self, img: Image.Image) -> dict[str, np.ndarray]:
@@ -198,6 +208,12 @@ class MulaDataset(Dataset):
         crop, input_to_crop = crop_footprint(img, m, self.config.input_size)
         return {"crop": crop, "input_to_crop": torch.from_numpy(input_to_crop),
                 "parsing": self._label_at_input(label, m, flipped)}
+
+
+def _span(person_index: np.ndarray) -> tuple[int, int]:
+    """The rows of one sample's people in the person tables."""
+    first, count = (int(v) for v in person_index)
+    return first, first + count
 
 
 def collate(samples: list[dict[str, object]]) -> dict[str, object]:

@@ -48,6 +48,8 @@ class MulaConfig:
     ``paper_mapping`` feeds the next stage from the adapted feature R_t, as the paper's text says
     (Sec. 3.2, "Classification Module"), instead of the un-adapted F_t of the authors' release
     (the default, which their checkpoints need); see docs/fidelity.md.
+    ``partition`` adds the multi-person partition branch to the pose side of every stage: 2J maps
+    of offsets from each joint's neighbourhood to its person's centroid (see mula_cli.partition).
     """
 
     preset: str = "hg-5s"
@@ -66,6 +68,7 @@ class MulaConfig:
     pixel_std: tuple[float, float, float] = OFFICIAL_PIXEL_STD
     bgr: bool = True
     paper_mapping: bool = False
+    partition: bool = False
     class_names: tuple[str, ...] = ()
     joint_names: tuple[str, ...] = ()
 
@@ -109,6 +112,8 @@ class MulaConfig:
             raise bad(f"{len(self.joint_names)} joint names for {self.num_joints} joints")
         if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3 or min(self.pixel_std) <= 0:
             raise bad("pixel_mean and pixel_std need 3 values each, std positive")
+        if self.partition and self.encoder != HOURGLASS:
+            raise bad("the partition branch (multi-person pose) is built for the Hourglass presets only")
         if self.input_size % self.input_multiple or self.input_size < self.min_input_size:
             raise bad(
                 f"input_size must be a multiple of {self.input_multiple} and at least "

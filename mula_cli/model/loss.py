@@ -11,6 +11,10 @@ The default ``beta = 0.01`` is the authors' weighting (MSE + 0.01 x NLL). Note t
 multiplies the *parsing* term, while the paper's beta (L_S + beta * L_J, beta = 100 in its
 notation) multiplies the *pose* term; the two agree up to an overall scale of 100.
 
+With the partition branch (multi-person) every stage also adds ``offset_weight * smoothL1(offsets_t)``:
+smooth L1 (beta 1) over the target cells of each joint's offset pair, averaged over those cells
+(Pose Partition Networks' regression loss; see mula_cli.partition for the targets).
+
 No ``.item()`` anywhere: the parts stay tensors so a training step needs no host sync.
 """
 
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mula_cli.model.mula import MulaOutput
+from mula_cli.model.mula import ModelOutput
 
 AUTHORS_BETA = 0.01
 IGNORE_INDEX = 255
@@ -48,14 +52,25 @@ def pose_mse(heatmaps: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(heatmaps.float(), target.to(torch.float32))
 
 
+def offset_smooth_l1(offsets: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Smooth L1 of (B, 2J, H, W) offsets over the cells where ``mask`` (B, J, H, W) is 1, per masked cell
+    and coordinate; 0 when no cell has a target."""
+    weight = mask.to(torch.float32).repeat_interleave(2, dim=1)  # channel 2j and 2j+1 share joint j's mask
+    error = F.smooth_l1_loss(offsets.float(), target.to(torch.float32), reduction="none", beta=1.0)
+    return (error * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def mula_loss(
-    out: MulaOutput,
+    out: ModelOutput,
     heatmaps: Tensor,
     parsing_target: Tensor,
     *,
     beta: float = AUTHORS_BETA,
     stage_weights: Sequence[float] | None = None,
     ignore_index: int = IGNORE_INDEX,
+    offsets: Tensor | None = None,
+    offset_mask: Tensor | None = None,
+    offset_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total loss over all stages and its unweighted parts.
 
@@ -66,15 +81,21 @@ def mula_loss(
         beta: weight of the parsing term (the authors': 0.01).
         stage_weights: one weight per stage (default 1 each).
         ignore_index: the dataset manifest's ``ignore_label`` (default: LIP's, 255).
+        offsets: partition-branch targets (B, 2J, H/s, W/s); needed when ``out`` has offsets.
+        offset_mask: (B, J, H/s, W/s), 1 where ``offsets`` holds a target.
+        offset_weight: weight of the offset term.
 
     Returns:
-        ``(total, parts)`` with parts ``"s1/pose"``, ``"s1/parsing"``, ... (raw, unweighted).
+        ``(total, parts)`` with parts ``"s1/pose"``, ``"s1/parsing"`` (and ``"s1/offsets"``), ...
+        (raw, unweighted).
     """
     stages = len(out.pose)
     if stage_weights is None:
         stage_weights = [1.0] * stages
     if len(stage_weights) != stages:
         raise ValueError(f"{len(stage_weights)} stage weights for {stages} stages")
+    if out.offsets and (offsets is None or offset_mask is None):
+        raise ValueError("the model predicts partition offsets: pass their targets (offsets, offset_mask)")
     parts: dict[str, Tensor] = {}
     total = heatmaps.new_zeros((), dtype=torch.float32)
     for t, (pose, parsing, weight) in enumerate(zip(out.pose, out.parsing, stage_weights), start=1):
@@ -83,4 +104,8 @@ def mula_loss(
         parts[f"s{t}/pose"] = pose_loss
         parts[f"s{t}/parsing"] = parsing_loss
         total = total + weight * (pose_loss + beta * parsing_loss)
+        if out.offsets:
+            offset_loss = offset_smooth_l1(out.offsets[t - 1], offsets, offset_mask)
+            parts[f"s{t}/offsets"] = offset_loss
+            total = total + weight * offset_weight * offset_loss
     return total, parts

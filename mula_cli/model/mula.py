@@ -8,7 +8,7 @@ as the authors' release does (``paper_mapping`` uses R_t, as the paper's text sa
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,27 @@ class MulaOutput(NamedTuple):
 
     pose: list[Tensor]
     parsing: list[Tensor]
+
+    @property
+    def offsets(self) -> list[Tensor]:
+        """No partition branch: no offsets. (Not a field: tracers and ONNX cannot type an empty list.)"""
+        return []
+
+
+class MultiPersonOutput(NamedTuple):
+    """:class:`MulaOutput` of a model with the partition branch: also the centroid offsets (B, 2J, H/s, W/s)."""
+
+    pose: list[Tensor]
+    parsing: list[Tensor]
+    offsets: list[Tensor]
+
+
+ModelOutput = Union[MulaOutput, MultiPersonOutput]
+
+
+def model_output(pose: list[Tensor], parsing: list[Tensor], offsets: list[Tensor]) -> ModelOutput:
+    """The output tuple of a model: :class:`MultiPersonOutput` when there are offsets, else :class:`MulaOutput`."""
+    return MultiPersonOutput(pose, parsing, offsets) if offsets else MulaOutput(pose, parsing)
 
 
 def _make_stem(cfg: MulaConfig) -> nn.Module:
@@ -118,16 +139,20 @@ class MulaStage(nn.Module):
         self.parsing_interaction = _make_interaction(cfg, PARSING, index)
         self.pose_head = conv1x1(cfg.width, pose_maps, bias=True)
         self.parsing_head = conv1x1(cfg.width, parsing_maps, bias=True)
+        # The partition branch reads the same adapted pose feature R_t as the heatmap head, so the
+        # kernels predicted from the parsing feature shape the offsets too (docs/multi_person.md).
+        offset_maps = (2 * cfg.num_joints,) if cfg.partition else ()
+        self.offset_head = conv1x1(cfg.width, offset_maps[0], bias=True) if cfg.partition else None
         if self.last:
             return  # the authors build mapping convs for the last stage too, but never run them
         if self.shared:
-            self.mapping = NextStageMapping(cfg.width, (pose_maps, parsing_maps))
+            self.mapping = NextStageMapping(cfg.width, (pose_maps, parsing_maps, *offset_maps))
         else:
-            self.pose_mapping = NextStageMapping(cfg.width, (pose_maps,))
+            self.pose_mapping = NextStageMapping(cfg.width, (pose_maps, *offset_maps))
             self.parsing_mapping = NextStageMapping(cfg.width, (parsing_maps,))
 
-    def forward(self, x_pose: Tensor, x_parsing: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Returns (pose heatmaps, parsing logits, next pose input, next parsing input)."""
+    def forward(self, x_pose: Tensor, x_parsing: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+        """Returns (pose heatmaps, parsing logits, offsets or None, next pose input, next parsing input)."""
         if self.shared:
             f_pose = f_parsing = self.shared_features(x_pose)
         else:
@@ -136,16 +161,19 @@ class MulaStage(nn.Module):
         r_pose = self.pose_interaction(f_pose, f_parsing)
         r_parsing = self.parsing_interaction(f_parsing, f_pose)
         pose, parsing = self.pose_head(r_pose), self.parsing_head(r_parsing)
+        offsets = self.offset_head(r_pose) if self.offset_head is not None else None
         if self.last:
-            return pose, parsing, x_pose, x_parsing
+            return pose, parsing, offsets, x_pose, x_parsing
         if self.paper_mapping:  # the paper maps the adapted features R_t to the next stage
             f_pose, f_parsing = r_pose, r_parsing
+        # the offsets are fed forward with the heatmaps, as every prediction of a stage is
+        pose_predictions = [pose] if offsets is None else [pose, offsets]
         if self.shared:
-            x_next = self.mapping(x_pose, f_pose, [pose, parsing])
-            return pose, parsing, x_next, x_next
-        x_pose = self.pose_mapping(x_pose, f_pose, [pose])
+            x_next = self.mapping(x_pose, f_pose, [*pose_predictions[:1], parsing, *pose_predictions[1:]])
+            return pose, parsing, offsets, x_next, x_next
+        x_pose = self.pose_mapping(x_pose, f_pose, pose_predictions)
         x_parsing = self.parsing_mapping(x_parsing, f_parsing, [parsing])
-        return pose, parsing, x_pose, x_parsing
+        return pose, parsing, offsets, x_pose, x_parsing
 
 
 class MuLA(nn.Module):
@@ -153,7 +181,8 @@ class MuLA(nn.Module):
 
     ``forward(image)`` takes RGB images (B, 3, H, W), uint8 or float in 0..255, normalises them
     inside (the config's mean/std, then BGR order for the authors' weights) and returns a
-    :class:`MulaOutput` with one pose and one parsing tensor per stage, both at stride s.
+    :class:`MulaOutput` with one pose and one parsing tensor per stage, both at stride s (a
+    :class:`MultiPersonOutput`, with the offsets too, for models with the partition branch).
     """
 
     def __init__(self, config: MulaConfig) -> None:
@@ -178,7 +207,7 @@ class MuLA(nn.Module):
         x = (image.to(self.pixel_mean.dtype) / 255.0 - self.pixel_mean) / self.pixel_std
         return x.flip(1) if self.config.bgr else x
 
-    def forward(self, image: Tensor) -> MulaOutput:
+    def forward(self, image: Tensor) -> ModelOutput:
         x = self.normalise(image)
         if self.shared:
             x_pose = x_parsing = self.shared_stem(x)
@@ -187,11 +216,14 @@ class MuLA(nn.Module):
             x_parsing = self.parsing_stem(x)
         poses: list[Tensor] = []
         parsings: list[Tensor] = []
+        offsets: list[Tensor] = []
         for stage in self.stages:
-            pose, parsing, x_pose, x_parsing = stage(x_pose, x_parsing)
+            pose, parsing, offset, x_pose, x_parsing = stage(x_pose, x_parsing)
             poses.append(pose)
             parsings.append(parsing)
-        return MulaOutput(poses, parsings)
+            if offset is not None:
+                offsets.append(offset)
+        return model_output(poses, parsings, offsets)
 
 
 HEAD_INIT_STD = 1e-3
@@ -221,7 +253,8 @@ def init_heads(model: MuLA) -> None:
     same 200 steps.
     """
     for stage in model.stages:
-        for head in (stage.pose_head, stage.parsing_head):
+        heads = (stage.pose_head, stage.parsing_head) + ((stage.offset_head,) if stage.offset_head is not None else ())
+        for head in heads:  # offsets start at 0: every pixel votes for itself
             nn.init.normal_(head.weight, std=HEAD_INIT_STD)
             nn.init.zeros_(head.bias)
         with torch.no_grad():

@@ -61,6 +61,11 @@ def _preset_fields() -> dict[str, dict[str, Any]]:
     fields["vgg16-fcn"] = {**_VGG, "variant": INDEPENDENT}
     for variant in (ADD, MULTI, CONCAT, MTL, SELF, LA_POSE, LA_PARSING, MULA):
         fields[f"vgg16-fcn-{variant}"] = {**_VGG, "variant": variant}
+    # The paper's multi-person pair on PASCAL-Person-Part (Fig. 4, Table 6): MuLA HG-5s and the HG-5x1u
+    # baseline, both with the partition branch. Training on a multi-person dataset switches the branch
+    # on for any Hourglass preset; these names say so explicitly.
+    fields["hg-5s-pascal"] = {**_HOURGLASS, "stages": 5, "variant": MULA, "partition": True}
+    fields["hg-5x1u-pascal"] = {**_HOURGLASS, "stages": 5, "variant": INDEPENDENT, "partition": True}
     # A tiny model for tests and the demo: fast on a CPU, same structure as hg-2s.
     fields["hg-tiny"] = {
         **_HOURGLASS,
@@ -84,6 +89,7 @@ def dataset_overrides(manifest: DatasetManifest) -> dict[str, Any]:
         "num_joints": manifest.num_joints,
         "class_names": manifest.classes,
         "joint_names": manifest.joints,
+        "partition": manifest.multi_person,
     }
 
 
@@ -100,6 +106,7 @@ def preset_config(
     adapt_stages: tuple[bool, ...] | None = None,
     kernel_size: int | None = None,
     paper_mapping: bool | None = None,
+    partition: bool | None = None,
     class_names: tuple[str, ...] = (),
     joint_names: tuple[str, ...] = (),
 ) -> MulaConfig:
@@ -114,6 +121,7 @@ def preset_config(
     fields = dict(PRESET_FIELDS[preset])
     if num_classes is None or num_joints is None:
         lip = dataset_overrides(load_manifest(DEFAULT_DATASET))
+        lip.pop("partition")
         if num_classes is None:
             num_classes, class_names = lip["num_classes"], class_names or lip["class_names"]
         if num_joints is None:
@@ -127,8 +135,12 @@ def preset_config(
         "adapt_stages": adapt_stages,
         "kernel_size": kernel_size,
         "paper_mapping": paper_mapping,
+        "partition": partition,
     }
     fields.update({k: v for k, v in overrides.items() if v is not None})
+    if fields.get("encoder") != HOURGLASS and not PRESET_FIELDS[preset].get("partition"):
+        # VGG16-FCN has no partition branch: on a multi-person dataset it learns parsing and single maps
+        fields["partition"] = False
     if stages is not None and adapt_stages is None:
         fields.pop("adapt_stages", None)  # a per-stage switch only fits the preset's own stage count
     return MulaConfig(

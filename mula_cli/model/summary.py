@@ -75,14 +75,19 @@ def _stage_flops(
     total += flops
     flops, parsing = _counted(stage.parsing_head, (r_parsing,), cache)
     total += flops
+    offsets: list[Tensor] = []
+    if stage.offset_head is not None:
+        flops, offset = _counted(stage.offset_head, (r_pose,), cache)
+        total += flops
+        offsets.append(offset)
     if stage.last:
         return total, x_pose, x_parsing
     # The mappings are a few 1x1 convs: count them directly.
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         if stage.shared:
-            x_pose = x_parsing = stage.mapping(x_pose, f_pose, [pose, parsing])
+            x_pose = x_parsing = stage.mapping(x_pose, f_pose, [pose, parsing, *offsets])
         else:
-            x_pose = stage.pose_mapping(x_pose, f_pose, [pose])
+            x_pose = stage.pose_mapping(x_pose, f_pose, [pose, *offsets])
             x_parsing = stage.parsing_mapping(x_parsing, f_parsing, [parsing])
     return total + counter.get_total_flops(), x_pose, x_parsing
 

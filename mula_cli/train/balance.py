@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from mula_cli.model.loss import mula_loss
 from mula_cli.model.mula import PARSING, POSE, MuLA
 
+OFFSETS = "offsets"  # the partition branch's loss term (multi-person)
+
 
 def shared_parameters(model: MuLA) -> dict[str, list[nn.Parameter]]:
     """Each stream's parameters that both tasks' losses reach: stem, stage encoders, mappings."""
@@ -45,18 +47,25 @@ def _parameters(modules: list[nn.Module | None]) -> list[nn.Parameter]:
 def balance_columns(model: MuLA) -> list[str]:
     """The metrics.csv columns :func:`measure_balance` fills, in a fixed order."""
     streams = shared_parameters(model)
-    return [f"s{t + 1}_{task}_grad_{stream}" for t in range(model.config.stages) for task in (POSE, PARSING)
+    return [f"s{t + 1}_{task}_grad_{stream}" for t in range(model.config.stages) for task in _tasks(model)
             for stream in streams]
 
 
-def measure_balance(model: MuLA, images: Tensor, heatmaps: Tensor, labels: Tensor, *, beta: float,
-                    ignore_index: int, amp_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-    """Gradient norm of every stage's weighted pose and parsing terms into each stream's shared parameters.
+def _tasks(model: MuLA) -> tuple[str, ...]:
+    return (POSE, PARSING, OFFSETS) if model.config.partition else (POSE, PARSING)
+
+
+def measure_balance(model: MuLA, images: Tensor, heatmaps: Tensor, labels: Tensor, offsets: Tensor | None = None,
+                    offset_mask: Tensor | None = None, *, beta: float, ignore_index: int,
+                    amp_dtype: torch.dtype | None = None, offset_weight: float = 1.0) -> dict[str, Tensor]:
+    """Gradient norm of every stage's weighted pose and parsing (and offset) terms into each stream's
+    shared parameters.
 
     Args:
         model: the plain (unwrapped, uncompiled) model, in training mode.
-        images, heatmaps, labels: one training batch, as the training step receives it.
+        images, heatmaps, labels, offsets, offset_mask: one training batch, as the training step receives it.
         beta: the parsing weight of the training loss.
+        offset_weight: the offset weight of the training loss (partition branch).
         ignore_index: the label of pixels without a class.
         amp_dtype: the training step's autocast dtype (None = full precision).
 
@@ -69,11 +78,13 @@ def measure_balance(model: MuLA, images: Tensor, heatmaps: Tensor, labels: Tenso
     try:
         with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             output = model(images)
-        _, parts = mula_loss(output, heatmaps, labels, beta=beta, ignore_index=ignore_index)
+        _, parts = mula_loss(output, heatmaps, labels, beta=beta, ignore_index=ignore_index, offsets=offsets,
+                             offset_mask=offset_mask, offset_weight=offset_weight)
         result: dict[str, Tensor] = {}
+        weights = {POSE: 1.0, PARSING: beta, OFFSETS: offset_weight}
         for key, value in parts.items():
             stage, task = key.split("/")
-            weighted = value * (beta if task == PARSING else 1.0)
+            weighted = value * weights[task]
             grads = torch.autograd.grad(weighted, flat, retain_graph=True, allow_unused=True)
             start = 0
             for stream, params in streams.items():

@@ -55,6 +55,7 @@ class TrainConfig:
     lr: Optional[float] = None
     schedule: str = "paper"
     beta: float = 0.01
+    offset_weight: float = 1.0  # multi-person: weight of the partition branch's offset loss (per stage)
     seed: int = 0
     # hardware
     device: str = "auto"
@@ -89,6 +90,8 @@ class TrainConfig:
             raise bad(f"--lr must be positive, not {self.lr}")
         if self.beta < 0:
             raise bad(f"--beta must not be negative, not {self.beta}")
+        if self.offset_weight < 0:
+            raise bad(f"--offset-weight must not be negative, not {self.offset_weight}")
 
     def base_lr(self, encoder: str) -> float:
         """The initial learning rate: ``--lr`` or the schedule's default for the encoder."""

@@ -192,9 +192,11 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                 err.print(f"[yellow]the run directory {checkpoint['extra'].get('run_dir')} of {resume} is gone; "
                           f"continuing in a new one, {run_dir}[/]")
     run_dir = broadcast_object(run_dir, world)
-    columns = (["epoch", "lr", "loss", "pose_loss", "parsing_loss"]
-               + [f"s{t + 1}_{task}" for t in range(mcfg.stages) for task in ("pose", "parsing")]
-               + ["images_per_s", "seconds", "val_pixel_acc", "val_mean_acc", "val_miou", "val_fwiou", "val_pckh",
+    tasks = ("pose", "parsing", "offsets") if mcfg.partition else ("pose", "parsing")
+    pose_metric = "val_map" if manifest.multi_person else "val_pckh"
+    columns = (["epoch", "lr", "loss", "pose_loss", "parsing_loss"] + (["offset_loss"] if mcfg.partition else [])
+               + [f"s{t + 1}_{task}" for t in range(mcfg.stages) for task in tasks]
+               + ["images_per_s", "seconds", "val_pixel_acc", "val_mean_acc", "val_miou", "val_fwiou", pose_metric,
                   "val_score"] + balance_columns(model))
     log = MetricsLog(run_dir / "metrics.csv", columns)
     extra = {"manifest": manifest.to_json(), "dataset": manifest.name, "train_config": cfg.to_dict(),
@@ -213,7 +215,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
     writer = _tensorboard(run_dir) if world.is_main else None
 
     # ---- epochs ---------------------------------------------------------------------------
-    parts_order = [f"s{t + 1}/{task}" for t in range(mcfg.stages) for task in ("pose", "parsing")]
+    parts_order = [f"s{t + 1}/{task}" for t in range(mcfg.stages) for task in tasks]
     with _StopFlag() as stop:
         while state.epoch < cfg.epochs:
             epoch = state.epoch
@@ -239,9 +241,9 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                 for batch_data in loader:
                     batch_inputs = inputs(batch_data)
                     if measure and not balance:  # what each task's loss sends into the shared parts
-                        balance = measure_balance(model, *batch_inputs, beta=cfg.beta,
+                        balance = measure_balance(model, *batch_inputs, beta=cfg.beta, offset_weight=cfg.offset_weight,
                                                   ignore_index=manifest.ignore_label, amp_dtype=amp_dtype)
-                    loss, parts = _step(step_model, optimizer, scaler, batch_inputs, amp_dtype, cfg.beta,
+                    loss, parts = _step(step_model, optimizer, scaler, batch_inputs, amp_dtype, cfg,
                                         manifest.ignore_label)
                     running += torch.stack([loss.detach().double()] + [parts[k].detach().double() for k in parts_order])
                     state.step += 1
@@ -277,6 +279,8 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
             row.update(zip(balance, torch.stack(list(balance.values())).tolist()) if balance else ())
             row["pose_loss"] = sum(row[f"s{t + 1}_pose"] for t in range(mcfg.stages))
             row["parsing_loss"] = sum(row[f"s{t + 1}_parsing"] for t in range(mcfg.stages))
+            if mcfg.partition:
+                row["offset_loss"] = sum(row[f"s{t + 1}_offsets"] for t in range(mcfg.stages))
             state.epoch, state.epoch_step, state.running, state.epoch_seconds = epoch + 1, 0, [], 0.0
 
             is_last = state.epoch == cfg.epochs
@@ -297,14 +301,15 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
 
 
 class _BatchInputs:
-    """A loader batch as device tensors (images, heatmaps, labels), resampling on the device when the
-    dataset deferred it (see mula_cli.data.device_warp)."""
+    """A loader batch as device tensors (images, heatmaps, labels, offsets, offset mask; the last two None
+    without the partition branch), resampling on the device when the dataset deferred it (see
+    mula_cli.data.device_warp)."""
 
     def __init__(self, device: torch.device, size: int, config: SampleConfig) -> None:
         self.device, self.size, self.augment = device, size, config.augment
         self.memory = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
-    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: dict[str, Any]) -> TrainInputs:
         def put(name: str) -> torch.Tensor:
             return batch[name].to(self.device, non_blocking=True)
 
@@ -313,17 +318,22 @@ class _BatchInputs:
                                  self.size, self.augment.image_pad)
         else:
             images = put("image")
-        return images.contiguous(memory_format=self.memory), put("heatmaps"), put("parsing")
+        offsets = (put("offsets"), put("offset_mask")) if "offsets" in batch else (None, None)
+        return images.contiguous(memory_format=self.memory), put("heatmaps"), put("parsing"), *offsets
+
+
+TrainInputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]
 
 
 def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-          inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], amp_dtype: torch.dtype | None, beta: float,
+          inputs: TrainInputs, amp_dtype: torch.dtype | None, cfg: TrainConfig,
           ignore_index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step; returns the loss tensors without reading them."""
-    images, heatmaps, labels = inputs
+    images, heatmaps, labels, offsets, offset_mask = inputs
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         output = net(images)
-    loss, parts = mula_loss(output, heatmaps, labels, beta=beta, ignore_index=ignore_index)
+    loss, parts = mula_loss(output, heatmaps, labels, beta=cfg.beta, ignore_index=ignore_index, offsets=offsets,
+                            offset_mask=offset_mask, offset_weight=cfg.offset_weight)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -358,8 +368,9 @@ def _load_initial_weights(model: torch.nn.Module, path: Path) -> None:
 
 def _update_best(state: TrainState, result: dict[str, float], model: torch.nn.Module, run_dir: Path,
                  extra: dict[str, Any], world: World) -> None:
-    """best.pt by the mean of normalised mIoU and PCKh; best_parsing.pt by mIoU; best_pose.pt by PCKh."""
-    for key, file in (("score", "best.pt"), ("miou", "best_parsing.pt"), ("pckh", "best_pose.pt")):
+    """best.pt by the mean of normalised mIoU and PCKh (multi-person: pose mAP); best_parsing.pt by mIoU;
+    best_pose.pt by PCKh or mAP."""
+    for key, file in (("score", "best.pt"), ("miou", "best_parsing.pt"), ("pckh", "best_pose.pt"), ("map", "best_pose.pt")):
         value = result.get(key)
         if value is None or not math.isfinite(value) or value <= state.best.get(key, -math.inf):
             continue
@@ -399,5 +410,6 @@ def _log_epoch(row: dict[str, Any], quiet: bool, writer: SummaryWriter | None) -
     text = f"epoch {row['epoch']}: loss {row['loss']:.4g} (pose {row['pose_loss']:.4g}, parsing " \
            f"{row['parsing_loss']:.4g}), lr {row['lr']:.3g}, {row['images_per_s']:,.1f} img/s"
     if "val_miou" in row:
-        text += f"; val mIoU {row['val_miou']:.2f}" + (f", PCKh {row['val_pckh']:.2f}" if "val_pckh" in row else "")
+        text += f"; val mIoU {row['val_miou']:.2f}" + (f", PCKh {row['val_pckh']:.2f}" if "val_pckh" in row else "") \
+            + (f", pose mAP {row['val_map']:.2f}" if "val_map" in row else "")
     out.print(text)

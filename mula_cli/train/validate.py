@@ -17,7 +17,8 @@ from mula_cli.visualize import prediction_panel, stack_panels
 
 
 def selection_score(miou: float, pckh: float | None) -> float:
-    """What best.pt maximises: the mean of mIoU and PCKh, both as fractions (mIoU alone without pose)."""
+    """What best.pt maximises: the mean of mIoU and PCKh (multi-person: pose mAP), both as fractions
+    (mIoU alone without pose)."""
     if pckh is None or not math.isfinite(pckh):
         return miou / 100.0
     return (miou / 100.0 + pckh / 100.0) / 2.0
@@ -51,7 +52,7 @@ class Validator:
         model.train(was_training)
         summary = result.summary()
         summary["fwiou"] = float(result.parsing["fwiou"])
-        summary["score"] = selection_score(summary["miou"], summary.get("pckh"))
+        summary["score"] = selection_score(summary["miou"], summary.get("pckh", summary.get("map")))
         if run_dir is not None and kept:
             self._pictures(kept, run_dir / "vis" / f"epoch_{epoch:03d}.jpg")
         return summary

@@ -1,0 +1,175 @@
+"""Multi-person MuLA end to end: the partition branch, its targets and loss, training, `evaluate`,
+`predict`, the Predictor and exported files on a synthetic PASCAL-Person-Part tree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mula_cli.data.dataset import MulaDataset, SampleConfig
+from mula_cli.data.transforms import AugmentConfig
+from mula_cli.manifests import load_manifest
+from mula_cli.model.loss import mula_loss
+from mula_cli.model.presets import PRESET_FIELDS, build_model, dataset_overrides, preset_config
+
+from conftest import run_cli
+
+PASCAL = load_manifest("pascal_person_part")
+HOURGLASS_PRESETS = [name for name, fields in PRESET_FIELDS.items() if fields["encoder"] == "hourglass"]
+
+
+@pytest.mark.parametrize("preset", HOURGLASS_PRESETS)
+def test_every_hourglass_preset_takes_the_partition_branch_on_multi_person_data(preset: str) -> None:
+    cfg = preset_config(preset, **dataset_overrides(PASCAL))
+    assert cfg.partition
+    assert not preset_config(preset, **dataset_overrides(load_manifest("lip"))).partition or \
+        PRESET_FIELDS[preset].get("partition")
+
+
+def test_paper_pair_presets_have_the_branch_and_differ_only_in_interaction() -> None:
+    mula, baseline = preset_config("hg-5s-pascal"), preset_config("hg-5x1u-pascal")
+    assert mula.partition and baseline.partition and mula.stages == baseline.stages == 5
+    assert mula.variant == "mula" and baseline.variant == "independent"
+
+
+def test_offsets_come_out_of_every_stage_and_feed_the_next() -> None:
+    torch.manual_seed(0)
+    model = build_model("hg-tiny", width=16, **dataset_overrides(PASCAL))  # training mode: batch statistics
+    image = torch.randint(0, 256, (2, 3, 128, 128), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(image)
+    assert len(out.offsets) == 2 and out.offsets[0].shape == (2, 28, 32, 32)
+    assert model.stages[0].pose_mapping.predictions[1].in_channels == 28  # fed forward with the heatmaps
+    # the branch's weights start near zero: every pixel first votes for itself
+    assert out.offsets[0].abs().mean() < 0.01
+    # the second stage sees the first stage's offsets: perturb the first offset head only
+    with torch.no_grad():
+        model.stages[0].offset_head.bias += 1.0
+        again = model(image)
+    assert torch.equal(again.pose[0], out.pose[0]) and not torch.equal(again.offsets[1], out.offsets[1])
+
+
+def test_lip_models_keep_the_authors_layout() -> None:
+    model = build_model("hg-tiny", width=16)
+    assert not any("offset" in key for key in model.state_dict())
+    assert model(torch.zeros(1, 3, 128, 128)).offsets == []
+
+
+def test_loss_adds_a_masked_offset_term_per_stage() -> None:
+    torch.manual_seed(0)
+    model = build_model("hg-tiny", width=16, **dataset_overrides(PASCAL))
+    out = model(torch.randint(0, 256, (2, 3, 128, 128)))
+    heat = torch.zeros(2, 15, 32, 32)
+    labels = torch.zeros(2, 128, 128, dtype=torch.long)
+    target = torch.full((2, 28, 32, 32), 0.5)
+    mask = torch.zeros(2, 14, 32, 32)
+    _, none = mula_loss(out, heat, labels, offsets=target, offset_mask=mask)
+    assert float(none["s1/offsets"].detach()) == 0.0  # no cell has a target
+    mask[0, 3, 10, 10] = 1.0
+    total, parts = mula_loss(out, heat, labels, offsets=target, offset_mask=mask, offset_weight=2.0)
+    predicted = out.offsets[0][0, 6:8, 10, 10]
+    expected = (0.5 * (predicted - 0.5) ** 2).mean()  # smooth L1 below 1, averaged over the pair
+    assert torch.allclose(parts["s1/offsets"], expected, atol=1e-6)
+    without, _ = mula_loss(out, heat, labels, offsets=target, offset_mask=mask, offset_weight=0.0)
+    assert torch.allclose(total - without, 2.0 * (parts["s1/offsets"] + parts["s2/offsets"]))
+    with pytest.raises(ValueError, match="offsets"):
+        mula_loss(out, heat, labels)
+
+
+@pytest.fixture(scope="module")
+def pascal_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mula_cli.commands.prepare import prepare_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("ppp")
+    return prepare_synthetic_dataset(root / "tree", train=6, val=3, seed=3, multi_person=True,
+                                     out_path=root / "ppp.h5", quiet=True).path
+
+
+def test_training_samples_carry_offset_targets_that_follow_the_mirror(pascal_cache: Path) -> None:
+    plain = MulaDataset(pascal_cache, "train", SampleConfig(input_size=128, augment=AugmentConfig(
+        crop_person=False, flip_prob=0.0)))
+    mirrored = MulaDataset(pascal_cache, "train", SampleConfig(input_size=128, augment=AugmentConfig(
+        crop_person=False, flip_prob=1.0)))
+    a, b = plain[0], mirrored[0]
+    assert a["offsets"].shape == (28, 32, 32) and a["offset_mask"].shape == (14, 32, 32)
+    assert a["offset_mask"].sum() > 0
+    # the mirrored sample's targets are the plain ones mirrored: x negated, left and right swapped
+    flip = PASCAL.joint_flip_index()
+    swapped = b["offsets"].reshape(14, 2, 32, 32)[flip].flip(-1)
+    swapped[:, 0] *= -1
+    both = (a["offset_mask"] * b["offset_mask"][flip].flip(-1)).bool()
+    both2 = both[:, None].expand(14, 2, 32, 32)
+    # the letterbox is symmetric up to one pixel: compare where both have a target, loosely
+    assert torch.allclose(swapped[both2], a["offsets"].reshape(14, 2, 32, 32)[both2], atol=0.05)
+    assert "offsets" not in MulaDataset(pascal_cache, "val", SampleConfig(input_size=128, train=False))[0]
+
+
+@pytest.fixture(scope="module")
+def trained(pascal_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = tmp_path_factory.mktemp("runs")
+    result = run_cli("train", "--data", pascal_cache, "--model", "hg-tiny", "--width", "16", "--epochs", "1",
+                     "--batch-size", "2", "--workers", "0", "--val-every", "1", "--project", project, "--name",
+                     "mp", "--lr", "1e-3", "-q")
+    assert result.exit_code == 0, result.output
+    return project / "mp"
+
+
+def test_train_logs_offset_losses_and_pose_map(trained: Path) -> None:
+    header = (trained / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"offset_loss", "s1_offsets", "s2_offsets", "val_map", "s1_offsets_grad_pose"} <= set(header)
+    assert "val_pckh" not in header
+    row = (trained / "metrics.csv").read_text().splitlines()[1].split(",")
+    assert np.isfinite(float(row[header.index("val_map")]))
+
+
+def test_evaluate_prints_parsing_and_pose_map_with_groups(trained: Path, pascal_cache: Path, tmp_path: Path) -> None:
+    result = run_cli("evaluate", trained / "weights" / "last.pt", "--data", pascal_cache, "--workers", "0",
+                     "--save-dir", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    for text in ("mIoU", "Upper-arms", "mAP", "Shoulder", "Ankle", "AP per joint", "head-top to neck"):
+        assert text in result.output
+    doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert len(doc["parsing"]["class_iou"]) == 7
+    assert set(doc["pose"]) >= {"map", "joint_ap", "groups", "reference", "threshold"}
+    people = json.loads((tmp_path / "ev" / "pred_people_synthetic_multi_person.json").read_text())
+    assert isinstance(people, list)
+
+
+def test_predict_writes_one_entry_per_person_in_coco_layout(trained: Path, pascal_cache: Path, tmp_path: Path) -> None:
+    from mula_cli.data.cache import CacheFile
+    from mula_cli.predictor import Predictor
+
+    with CacheFile(pascal_cache) as cache:
+        cache.split("val").image(0).save(tmp_path / "crowd.jpg")
+    weights = trained / "weights" / "last.pt"
+    result = run_cli("predict", tmp_path / "crowd.jpg", "--weights", weights, "--pose", tmp_path / "p.json",
+                     "--vis", tmp_path / "v.jpg", "--out", tmp_path / "l.png")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert doc["categories"][0]["keypoints"] == list(PASCAL.joints)
+    for person in doc["people"]:
+        assert len(person["keypoints"]) == 3 * 14 and person["category_id"] == 1
+        assert len(person["bbox"]) == 4 and "score" in person
+    prediction = Predictor(weights, device="cpu")("crowd.jpg" if False else tmp_path / "crowd.jpg")
+    assert prediction.people is not None and len(prediction.people) == len(doc["people"])
+    for person in prediction.people:
+        assert person.joints.shape == (14, 3)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_exported_multi_person_models_carry_the_offset_maps(trained: Path, tmp_path: Path, fmt: str) -> None:
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    out = tmp_path / f"m.{fmt}"
+    result = run_cli("export", trained / "weights" / "last.pt", "--format", fmt, "--out", out)
+    assert result.exit_code == 0, result.output
+    from mula_cli.runtime import load_exported
+
+    exported = load_exported(out)
+    outputs = exported.raw(torch.randint(0, 256, (2, 3, 128, 128)).float())  # ONNX: the exported batch of 2
+    assert len(outputs) == 3 and outputs[2].shape == (2, 28, 32, 32)
+    assert exported(torch.zeros(2, 3, 128, 128)).offsets[0].shape == (2, 28, 32, 32)
