@@ -108,7 +108,8 @@ def eval_loader(cache_path: Path, split: str, input_size: int, stride: int, *, b
 def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: DatasetManifest, *,
                    options: InferenceOptions = InferenceOptions(), amp_dtype: torch.dtype | None = None,
                    progress: Callable[[int], None] | None = None,
-                   on_prediction: Callable[[ImagePrediction], None] | None = None) -> EvalResult:
+                   on_prediction: Callable[[ImagePrediction], None] | None = None,
+                   pose_reference: str = "head") -> EvalResult:
     """Score ``model`` on every batch of ``loader`` (from :func:`eval_loader`).
 
     Args:
@@ -119,6 +120,7 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
         amp_dtype: autocast dtype on CUDA (None = full precision).
         progress: called with the number of images done after each batch.
         on_prediction: receives each image's prediction at original resolution (e.g. to save it).
+        pose_reference: multi-person mAP's reference distance (see mula_cli.multi_person_metrics).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -128,7 +130,7 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
         if options.protocol == AUTHORS:
             raise MulaError("--protocol authors is the authors' single-person LIP test; multi-person models "
                             "use the default protocol")
-        pose: PoseMetrics | MultiPersonPoseAP | None = MultiPersonPoseAP(manifest)
+        pose: PoseMetrics | MultiPersonPoseAP | None = MultiPersonPoseAP(manifest, reference=pose_reference)
     else:
         pose = None if manifest.multi_person else PoseMetrics(manifest, device=device)
     images = 0

@@ -135,6 +135,23 @@ class Person:
         return Person(np.concatenate([xy, self.joints[:, 2:]], axis=1), self.score)
 
 
+def grouping_from_options(min_score: float | None, group_distance: float | None,
+                          min_joints: int | None) -> GroupingConfig:
+    """The command-line options of ``mula evaluate`` / ``mula predict`` as a config (None keeps a default)."""
+    from mula_cli.errors import MulaError
+
+    base = GroupingConfig()
+    config = GroupingConfig(
+        peak_threshold=base.peak_threshold if min_score is None else min_score,
+        nms_window=base.nms_window, blur_sigma=base.blur_sigma,
+        cluster_distance=base.cluster_distance if group_distance is None else group_distance,
+        join_distance=base.join_distance, min_joints=base.min_joints if min_joints is None else min_joints)
+    if not 0 <= config.peak_threshold < 1 or not 0 < config.cluster_distance <= 2 or config.min_joints < 1:
+        raise MulaError("--min-score must be in [0, 1), --group-distance in (0, 2] (a fraction of the input side) "
+                        "and --min-joints at least 1")
+    return config
+
+
 def _as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, Tensor):
         x = x.detach().float().cpu().numpy()

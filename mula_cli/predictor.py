@@ -26,7 +26,7 @@ from mula_cli.data.transforms import apply_affine, invert_affine, letterbox, sca
 from mula_cli.errors import MulaError
 from mula_cli.inference import InferenceOptions, ScaleViews, predict_batch, to_original
 from mula_cli.manifests import DatasetManifest, load_manifest, manifest_from_json
-from mula_cli.partition import Person
+from mula_cli.partition import GroupingConfig, Person
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -122,12 +122,15 @@ class Predictor:
             convolutions; same results up to float rounding); False runs the plain eager model.
         bf16: run the network under bfloat16 autocast (CUDA or CPU): faster on GPUs, results
             differ from float32 by more than rounding (see the README for the measured tolerance).
+        grouping: multi-person models: the thresholds that group joint candidates into people
+            (default: :class:`~mula_cli.partition.GroupingConfig`'s, Pose Partition Networks' values).
 
     ``path`` says in one line which of these runs (``mula predict`` prints it).
     """
 
     def __init__(self, weights: str | Path, device: str = "auto", *, flip: bool = False, pose_flip: bool = True,
-                 scales: Sequence[float] = (1.0,), fast: bool = True, bf16: bool = False) -> None:
+                 scales: Sequence[float] = (1.0,), fast: bool = True, bf16: bool = False,
+                 grouping: GroupingConfig | None = None) -> None:
         from mula_cli.devices import pick_device
 
         self.weights = Path(weights)
@@ -146,7 +149,8 @@ class Predictor:
             model, self.config, extra = load_weights(self.weights, map_location=self.device)
             self.model, self.path = prediction_model(model, fast=fast, bf16=bf16)
         self.manifest: DatasetManifest = _manifest(extra, self.config)
-        self.options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=tuple(scales))
+        self.options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=tuple(scales),
+                                        grouping=grouping or GroupingConfig())
 
     @property
     def input_size(self) -> int:

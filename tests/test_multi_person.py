@@ -173,3 +173,18 @@ def test_exported_multi_person_models_carry_the_offset_maps(trained: Path, tmp_p
     outputs = exported.raw(torch.randint(0, 256, (2, 3, 128, 128)).float())  # ONNX: the exported batch of 2
     assert len(outputs) == 3 and outputs[2].shape == (2, 28, 32, 32)
     assert exported(torch.zeros(2, 3, 128, 128)).offsets[0].shape == (2, 28, 32, 32)
+
+
+def test_grouping_and_reference_options_reach_the_decoder_and_the_metric(trained: Path, pascal_cache: Path,
+                                                                         tmp_path: Path) -> None:
+    weights = trained / "weights" / "last.pt"
+    result = run_cli("evaluate", weights, "--data", pascal_cache, "--workers", "0", "--json", "--pose-reference", "box",
+                     "--min-score", "0.0", "--min-joints", "1", "--save-dir", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert doc["pose"]["reference"].startswith("0.13 x the diagonal") and "head-top" not in doc["pose"]["reference"]
+    # with every local maximum a candidate and single joints kept, even a barely trained model finds people
+    assert doc["pose"]["pred_people"] > 0
+    for bad in (["--pose-reference", "torso"], ["--min-joints", "0"], ["--group-distance", "5"]):
+        refused = run_cli("evaluate", weights, "--data", pascal_cache, "--workers", "0", *bad)
+        assert refused.exit_code == 2 and "Traceback" not in refused.output, (bad, refused.output)

@@ -28,6 +28,10 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N images."),
     save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="Also write the LIP pose CSV and one label PNG per image here."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Multi-person models: smallest heatmap peak that counts as a joint candidate. Default: 0.1 (Pose Partition Networks).", rich_help_panel="Multi-person"),
+    group_distance: Optional[float] = typer.Option(None, "--group-distance", help="Multi-person models: votes for person centres closer than this fraction of the input side form one person. Default: 0.3125 (PPN's 120 px at 384).", rich_help_panel="Multi-person"),
+    min_joints: Optional[int] = typer.Option(None, "--min-joints", help="Multi-person models: people with fewer joints are dropped. Default: 4 (PPN).", rich_help_panel="Multi-person"),
+    pose_reference: str = typer.Option("head", "--pose-reference", help="Multi-person mAP: the distance a joint must fall within half of: head (head-top to neck of the annotated person; 0.13 x the box diagonal where either is missing) or box (always 0.13 x the box diagonal).", rich_help_panel="Multi-person"),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0, help="Data-loading processes. Default: 4, at most one per CPU core."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     amp: str = typer.Option("off", "--amp", help="Mixed precision on CUDA: off|auto|bf16|fp16 (off: fp32, so the numbers do not depend on the GPU)."),
@@ -41,12 +45,15 @@ def evaluate(
     from mula_cli.inference import PROTOCOLS, InferenceOptions, parse_scales
     from mula_cli.manifests import manifest_from_json
     from mula_cli.model.weights import load_weights
+    from mula_cli.partition import grouping_from_options
     from mula_cli.progress import make_progress
 
     if protocol not in PROTOCOLS:
         raise MulaError(f"--protocol {protocol!r} is unknown; use {' or '.join(PROTOCOLS)}")
+    if pose_reference not in ("head", "box"):
+        raise MulaError(f"--pose-reference {pose_reference!r} is unknown; use head or box")
     options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=parse_scales(scales),
-                               protocol=protocol)
+                               protocol=protocol, grouping=grouping_from_options(min_score, group_distance, min_joints))
     if protocol == "authors":
         from mula_cli.authors_protocol import check_options
 
@@ -69,7 +76,7 @@ def evaluate(
         writer = _PredictionWriter(save_dir, manifest) if save_dir else None
         with make_progress(as_json) as bar:
             task = bar.add_task(f"evaluate {manifest.name}/{split}", total=len(loader.dataset), unit="images")
-            result = evaluate_model(model, loader, manifest, options=options, amp_dtype=amp_dtype,
+            result = evaluate_model(model, loader, manifest, options=options, amp_dtype=amp_dtype, pose_reference=pose_reference,
                                     progress=lambda n: bar.advance(task, n),
                                     on_prediction=writer.add if writer else None)
     folder = save_dir or next_dir(Path("runs/evaluate"))

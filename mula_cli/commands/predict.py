@@ -137,20 +137,25 @@ def predict(
     show: bool = typer.Option(False, "--show", help="Video and camera: show the overlay in a window as it is made (nothing is shown without a display)."),
     fast: bool = typer.Option(True, "--fast/--eager", help="The fast path (BatchNorm folded, channels_last, fused convolutions; same results up to float rounding) or the plain eager model."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the network in bfloat16 (autocast): faster on recent GPUs; results differ from float32 beyond rounding."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Multi-person models: smallest heatmap peak that counts as a joint candidate. Default: 0.1 (Pose Partition Networks).", rich_help_panel="Multi-person"),
+    group_distance: Optional[float] = typer.Option(None, "--group-distance", help="Multi-person models: votes for person centres closer than this fraction of the input side form one person. Default: 0.3125 (PPN's 120 px at 384).", rich_help_panel="Multi-person"),
+    min_joints: Optional[int] = typer.Option(None, "--min-joints", help="Multi-person models: people with fewer joints are dropped. Default: 4 (PPN).", rich_help_panel="Multi-person"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict parsing and pose on pictures (at their original resolution), a video, a stream or a camera."""
+    from mula_cli.partition import grouping_from_options
     from mula_cli.predictor import read_image
     from mula_cli.progress import make_progress
     from mula_cli.visualize import draw_skeleton, overlay, save_label_png
 
     check_device_option(device)  # before looking for pictures: a typo is reported first
+    grouping = grouping_from_options(min_score, group_distance, min_joints)
     sources = list(sources or [])
     video = video_source(sources, source)
     if video is not None:
         if out_path is not None:
             raise MulaError("--out names one label PNG; for a video, --out-dir writes one label PNG per frame")
-        predictor = _predictor(weights, device, flip, fast, bf16)
+        predictor = _predictor(weights, device, flip, fast, bf16, grouping)
         from mula_cli.commands.predict_video import VideoRequest, predict_video_command
 
         predict_video_command(VideoRequest(source=video[0], camera=video[1], vis_path=vis_path, pose_path=pose_path,
@@ -163,7 +168,7 @@ def predict(
     single = out_path or pose_path or vis_path
     if single and len(items) > 1:
         raise MulaError(f"--out/--pose/--vis name files for one image but {len(items)} were given; use --out-dir")
-    predictor = _predictor(weights, device, flip, fast, bf16)
+    predictor = _predictor(weights, device, flip, fast, bf16, grouping)
     weights_id = hashlib.sha256(Path(predictor.weights).read_bytes()).hexdigest()[:16]
     folder = None if single else (out_dir or next_dir(Path("runs/predict")))
     failed: list[tuple[Path, str]] = []
@@ -193,13 +198,13 @@ def predict(
         raise typer.Exit(1)
 
 
-def _predictor(weights: Optional[Path], device: str, flip: bool, fast: bool, bf16: bool):
+def _predictor(weights: Optional[Path], device: str, flip: bool, fast: bool, bf16: bool, grouping=None):
     from mula_cli.predictor import Predictor
 
     if weights is None:
         weights = newest_best()
         out.print(f"using weights {weights} (the newest best.pt under runs/train)")
-    predictor = Predictor(weights, device, flip=flip, fast=fast, bf16=bf16)
+    predictor = Predictor(weights, device, flip=flip, fast=fast, bf16=bf16, grouping=grouping)
     err.print(f"prediction path: {predictor.path}", highlight=False)
     return predictor
 
