@@ -139,9 +139,12 @@ def _line(draw: ImageDraw.ImageDraw, p: np.ndarray, q: np.ndarray, colour, width
 
 
 def prediction_panel(image: Image.Image, labels: np.ndarray, joints: np.ndarray, manifest: DatasetManifest,
-                     scores: np.ndarray | None = None, truth: np.ndarray | None = None) -> Image.Image:
-    """Photo | parsing overlay | skeleton (| ground-truth parsing when given), side by side."""
-    tiles = [image.convert("RGB"), overlay(image, labels, manifest), draw_skeleton(image, joints, manifest, scores)]
+                     scores: np.ndarray | None = None, truth: np.ndarray | None = None,
+                     people: list[np.ndarray] | None = None) -> Image.Image:
+    """Photo | parsing overlay | skeleton, or every person's (| ground-truth parsing when given), side by side."""
+    skeletons = draw_people(image, people, manifest) if people is not None else \
+        draw_skeleton(image, joints, manifest, scores)
+    tiles = [image.convert("RGB"), overlay(image, labels, manifest), skeletons]
     if truth is not None:
         tiles.append(overlay(image, truth, manifest))
     w, h = tiles[0].size

@@ -122,6 +122,7 @@ def test_train_logs_offset_losses_and_pose_map(trained: Path) -> None:
     header = (trained / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"offset_loss", "s1_offsets", "s2_offsets", "val_map", "s1_offsets_grad_pose"} <= set(header)
     assert "val_pckh" not in header
+    assert (trained / "vis" / "epoch_001.jpg").is_file()  # validation pictures draw every person found
     row = (trained / "metrics.csv").read_text().splitlines()[1].split(",")
     assert np.isfinite(float(row[header.index("val_map")]))
 

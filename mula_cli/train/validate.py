@@ -64,6 +64,7 @@ class Validator:
             index = {sid: i for i, sid in enumerate(split.ids)}
             for pred in predictions:
                 i = index[pred.id]
+                people = None if pred.people is None else [p.joints for p in pred.people]
                 panels.append(prediction_panel(split.image(i), pred.labels, pred.joints, self.manifest,
-                                               pred.scores, truth=split.label(i)))
+                                               pred.scores, truth=split.label(i), people=people))
         stack_panels(panels).save(path, quality=90)
