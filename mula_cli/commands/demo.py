@@ -194,6 +194,7 @@ def _predict(root: Path, weights: Path, seed: int, device: str) -> Path:
         predict_command([str(photos / "person.jpg"), *map(str, tests)], weights=weights, out_path=None,
                         pose_path=None, vis_path=None, out_dir=target, overlays=True, flip=False, device=device,
                         batch_size=8, source=Source.auto, stride=1, smooth=False, show=False, fast=True, bf16=False,
+                        min_score=None, group_distance=None, min_joints=None,
                         quiet=True)
     except typer.Exit as exc:
         if exc.exit_code:
