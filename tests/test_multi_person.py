@@ -228,3 +228,10 @@ def test_perfect_maps_of_synthetic_crowds_decode_to_every_person(tmp_path: Path)
     crowds, crowded = _decode_ground_truth(cache, 256, 4)
     assert pictures >= 50 and crowded >= 5, (pictures, crowded)  # a picture may hold nobody labelled
     assert everyone >= 99.0 and crowds >= 99.0, (everyone, crowds, crowded)
+
+
+def test_training_on_an_unprepared_pascal_names_the_prepare_command() -> None:
+    result = run_cli("train", "--data", "pascal-person-part", "--epochs", "1")
+    assert result.exit_code == 2 and "mula prepare pascal-person-part" in result.output
+    result = run_cli("train", "--data", "synthetic_multi_person", "--epochs", "1")
+    assert result.exit_code == 2 and "mula prepare synthetic --multi-person" in result.output

@@ -246,6 +246,7 @@ def resolve_cache(data: str | Path) -> Path:
     cached = default_cache_path(str(data).replace("-", "_"))
     if cached.is_file():
         return cached
-    hint = "mula prepare synthetic" if str(data) in ("synthetic", "synthetic_multi_person") else \
-        f"mula prepare {data} /path/to/{data}"
+    name = str(data).replace("-", "_")
+    hints = {"synthetic": "mula prepare synthetic", "synthetic_multi_person": "mula prepare synthetic --multi-person"}
+    hint = hints.get(name, f"mula prepare {name.replace('_', '-')} /path/to/{data}")
     raise MulaError(f"no prepared dataset '{data}' (looked for {cached}); run `{hint}` first")
