@@ -2,7 +2,7 @@
 
 Modules: ``config`` (MulaConfig), ``blocks`` / ``hourglass`` / ``vgg`` (encoders), ``adaptation``
 (parameter adapter, dynamic residual, ablation fusions), ``mula`` (the multi-stage model,
-MulaOutput), ``presets`` (PRESETS, build_model), ``loss`` (mula_loss), ``weights`` (save_weights,
+MulaOutput, MultiPersonOutput), ``presets`` (PRESETS, build_model), ``loss`` (mula_loss), ``weights`` (save_weights,
 load_weights), ``official`` (import of the authors' checkpoints), ``summary`` (size and FLOPs).
 Nothing is imported here, so ``mula_cli.model.config`` stays cheap to import.
 """
