@@ -235,3 +235,63 @@ def test_training_on_an_unprepared_pascal_names_the_prepare_command() -> None:
     assert result.exit_code == 2 and "mula prepare pascal-person-part" in result.output
     result = run_cli("train", "--data", "synthetic_multi_person", "--epochs", "1")
     assert result.exit_code == 2 and "mula prepare synthetic --multi-person" in result.output
+
+
+def test_multi_scale_testing_fuses_the_offsets_too(trained: Path, pascal_cache: Path) -> None:
+    """`evaluate --scales --flip` runs on a multi-person model."""
+    result = run_cli("evaluate", trained / "weights" / "last.pt", "--data", pascal_cache, "--workers", "0",
+                     "--scales", "0.75,1", "--flip", "--json")
+    assert result.exit_code == 0, result.output
+
+
+class _PerfectViews(torch.nn.Module):
+    """Stands in for a model: returns, call by call, the perfect heatmaps and offsets of each window."""
+
+    def __init__(self, outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.outputs = list(outputs)
+        self.config = SimpleNamespace(num_joints=14, stride=4, input_size=128)
+
+    def forward(self, image: torch.Tensor):
+        from mula_cli.model.mula import MultiPersonOutput
+
+        heat, offsets = self.outputs.pop(0)
+        parsing = torch.zeros(1, 7, 32, 32)
+        return MultiPersonOutput([heat[None]], [parsing], [offsets[None]])
+
+
+def test_scaled_views_offsets_are_brought_back_in_base_window_units() -> None:
+    """Each window's offsets are in that window's pixels (over half the input side): fused into the base
+    window they must be divided by the window's scale, so perfect offsets of every view fuse into the
+    base window's perfect offsets."""
+    from PIL import Image
+
+    from mula_cli.data.transforms import apply_affine, letterbox, scale_views
+    from mula_cli.heatmaps import encode_people_heatmaps
+    from mula_cli.inference import InferenceOptions, ScaleViews, predict_batch
+    from mula_cli.partition import encode_offsets
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (180, 240, 3), dtype=np.uint8))
+    person = np.stack([rng.uniform(80, 160, 14), rng.uniform(40, 150, 14)], axis=1)[None]  # original pixels
+    scales = (0.6, 1.0)  # not symmetric about 1: a missing rescale could not cancel out
+    base, base_affine = letterbox(img, 128)
+    views, affines = scale_views(img, 128, scales)
+
+    def perfect(affine: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        at = torch.from_numpy(apply_affine(person, affine).astype(np.float32))
+        offsets, _ = encode_offsets(at, (32, 32), 4, 7.0, 128)
+        return encode_people_heatmaps(at, (32, 32), 4, 7.0, 14), offsets
+
+    model = _PerfectViews([perfect(a) for a in affines])
+    pred = predict_batch(model, torch.from_numpy(base.transpose(2, 0, 1).copy())[None], PASCAL,
+                         InferenceOptions(pose_flip=False, scales=scales),
+                         views=ScaleViews(torch.from_numpy(views.transpose(0, 3, 1, 2).copy())[None], affines[None],
+                                          base_affine[None]))
+    want_heat, want = perfect(base_affine)
+    core = (want_heat[:14] > 0.6).repeat_interleave(2, dim=0)  # well inside every view's support
+    assert core.sum() > 50
+    assert torch.allclose(pred.offsets[0][core], want[core], atol=0.02), \
+        float((pred.offsets[0][core] - want[core]).abs().max())
