@@ -295,3 +295,20 @@ def test_scaled_views_offsets_are_brought_back_in_base_window_units() -> None:
     assert core.sum() > 50
     assert torch.allclose(pred.offsets[0][core], want[core], atol=0.02), \
         float((pred.offsets[0][core] - want[core]).abs().max())
+
+
+def test_video_records_list_every_person_of_a_multi_person_model(trained: Path, tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    from videos import read_video, write_video
+
+    clip = write_video(tmp_path / "crowd.mp4", frames=6, fps=25, size=(96, 64))
+    result = run_cli("predict", clip, "--weights", trained / "weights" / "last.pt", "--vis", tmp_path / "v.mp4",
+                     "--pose", tmp_path / "p.jsonl", "--min-score", "0", "--min-joints", "1", "-q")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    frames, _, _ = read_video(tmp_path / "v.mp4")
+    assert len(records) == len(frames) == 6
+    assert any(len(r["people"]) > 1 for r in records)  # every local maximum counts: several people
+    for record in records:
+        for person in record["people"]:
+            assert {j["name"] for j in person["joints"]} <= set(PASCAL.joints) and "score" in person
