@@ -229,9 +229,11 @@ def group_people(heatmaps: Tensor | np.ndarray, offsets: Tensor | np.ndarray, st
         input pixels.
     """
     cfg = config or GroupingConfig()
-    off = _as_numpy(offsets)
+    # a diverged or overflowing (float16) network: a non-finite offset votes for its own cell, a
+    # non-finite heatmap value is no candidate, rather than clustering failing on the whole picture
+    off = np.nan_to_num(_as_numpy(offsets), nan=0.0, posinf=0.0, neginf=0.0)
     j = off.shape[0] // 2
-    raw = _as_numpy(heatmaps)[:j]
+    raw = np.nan_to_num(_as_numpy(heatmaps)[:j], nan=0.0, posinf=0.0, neginf=0.0)
     if raw.shape[0] != j or off.shape[0] != 2 * j or raw.shape[1:] != off.shape[1:]:
         raise ValueError(f"heatmaps {raw.shape} do not match offsets {off.shape}")
     in_h, in_w = _input_hw(input_size, raw.shape[1:], stride)

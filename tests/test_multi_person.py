@@ -312,3 +312,25 @@ def test_video_records_list_every_person_of_a_multi_person_model(trained: Path, 
     for record in records:
         for person in record["people"]:
             assert {j["name"] for j in person["joints"]} <= set(PASCAL.joints) and "score" in person
+
+
+def test_runs_saved_without_the_partition_branch_resume_as_they_were(pascal_cache: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PASCAL run checkpointed before the branch existed continues without it (no state-dict traceback),
+    and its weights used as --weights for a new multi-person run get a one-line reason."""
+    from mula_cli.model import presets
+    from mula_cli.train import engine
+
+    def without_branch(manifest):
+        return {**presets.dataset_overrides(manifest), "partition": False}
+
+    args = ["--data", pascal_cache, "--model", "hg-tiny", "--width", "16", "--batch-size", "2", "--workers", "0",
+            "--val-every", "5", "--project", tmp_path, "-q"]
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "dataset_overrides", without_branch)
+        assert run_cli("train", *args, "--epochs", "1", "--name", "old").exit_code == 0
+    last = tmp_path / "old" / "weights" / "last.pt"
+    resumed = run_cli("train", "--resume", last, "--epochs", "2", "-q")
+    assert resumed.exit_code == 0, resumed.output
+    started = run_cli("train", *args, "--epochs", "1", "--name", "new", "--weights", last)
+    assert started.exit_code == 2 and "partition branch" in started.output, started.output

@@ -271,3 +271,16 @@ def test_decoded_ground_truth_scores_full_map() -> None:
         scores = np.array([p.score for p in found])
         ap.update(np.stack([p.joints for p in found]), people, person_scores=scores)
     assert ap.compute()["map"] >= 99.0
+
+
+def test_non_finite_network_outputs_do_not_break_grouping() -> None:
+    """A diverged or float16-overflowing network: NaN/inf offsets vote for their own cell, NaN heatmap
+    values are no candidates; decoding still returns a list instead of failing in the clustering."""
+    heat = np.zeros((14, 32, 32), np.float32)
+    heat[:, 10, 10:24] = 1.0  # a row of peaks, several per type
+    heat[:, 20, 5] = np.nan
+    offsets = np.zeros((28, 32, 32), np.float32)
+    offsets[0, 10, 10] = np.inf
+    offsets[3, 10, 12] = np.nan
+    people = group_people(heat, offsets, 4, 128, GroupingConfig(min_joints=1, nms_window=1))
+    assert isinstance(people, list) and all(np.isfinite(p.score) for p in people)

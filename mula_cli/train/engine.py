@@ -95,9 +95,16 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_training_model(cfg: TrainConfig, manifest: DatasetManifest) -> MuLA:
-    """The model ``cfg`` trains, sized for ``manifest`` and initialised (on the current default device)."""
-    return build_model(cfg.model, **dataset_overrides(manifest), stages=cfg.stages, variant=cfg.variant,
+def build_training_model(cfg: TrainConfig, manifest: DatasetManifest, partition: bool | None = None) -> MuLA:
+    """The model ``cfg`` trains, sized for ``manifest`` and initialised (on the current default device).
+
+    ``partition`` overrides the dataset's choice of the multi-person branch (a resumed run keeps the
+    layout its checkpoint was written with).
+    """
+    overrides = dataset_overrides(manifest)
+    if partition is not None:
+        overrides["partition"] = partition
+    return build_model(cfg.model, **overrides, stages=cfg.stages, variant=cfg.variant,
                        width=cfg.width, input_size=cfg.input_size, paper_mapping=cfg.paper_mapping or None,
                        authors_init=cfg.authors_init)
 
@@ -144,7 +151,9 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
     batch = cfg.batch_size // world.size
 
     # ---- model ----------------------------------------------------------------------------
-    model = build_training_model(cfg, manifest)
+    # a run resumes with the layout it was saved with (runs saved before the partition branch have none)
+    saved = checkpoint["config"].get("partition", False) if checkpoint is not None else None
+    model = build_training_model(cfg, manifest, partition=saved)
     if weights is not None and checkpoint is None:
         _load_initial_weights(model, weights)
     mcfg = model.config
@@ -361,8 +370,13 @@ def _load_initial_weights(model: torch.nn.Module, path: Path) -> None:
     mine, theirs = model.state_dict(), source.state_dict()
     mismatched = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
     if mismatched:
+        # only the partition branch's layers differ: the offset heads and the convs that feed offsets forward
+        branch = any("offset_head" in k for k in mismatched) and \
+            all("offset_head" in k or ".predictions." in k for k in mismatched)
+        hint = ("they have no multi-person partition branch, which this dataset trains; start from weights of a "
+                "multi-person run or without --weights") if branch else "pick the same --model, --stages and --width"
         raise MulaError(f"weights {path} do not fit the chosen model ({len(mismatched)} tensors differ, e.g. "
-                        f"{mismatched[0]}); pick the same --model, --stages and --width")
+                        f"{mismatched[0]}); {hint}")
     model.load_state_dict(theirs)
 
 

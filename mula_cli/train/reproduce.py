@@ -109,9 +109,12 @@ def train_row(plan: Plan, preset: str, table_dir: Path) -> str:
     return "trained"
 
 
-def _evaluation_key(plan: Plan, weights: Path) -> dict[str, Any]:
+def _evaluation_key(plan: Plan, weights: Path, partition: bool) -> dict[str, Any]:
     stat = weights.stat()
-    return {"split": plan.split, "checkpoint": plan.checkpoint, "protocol": asdict(plan.options),
+    protocol = asdict(plan.options)
+    if not partition:  # grouping thresholds only matter to multi-person models (older records lack them)
+        protocol.pop("grouping")
+    return {"split": plan.split, "checkpoint": plan.checkpoint, "protocol": protocol,
             "weights": {"path": str(weights), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}}
 
 
@@ -126,19 +129,19 @@ def score_row(plan: Plan, preset: str, table_dir: Path) -> dict[str, Any]:
     weights = run / "weights" / f"{plan.checkpoint}.pt"
     if not weights.is_file():
         raise MulaError(f"{weights} does not exist; the row {preset} has not finished training")
-    key = _evaluation_key(plan, weights)
+    model, config, _ = load_weights(weights, map_location=pick_device(plan.device))
+    key = _evaluation_key(plan, weights, config.partition)
     record = read_record(run)
     if record is not None and record.get("evaluation") == finite_json(key):
         return record
-    model, config, _ = load_weights(weights, map_location=pick_device(plan.device))
     with CacheFile(plan.cache) as cache:
         manifest = cache.manifest
     loader = eval_loader(plan.cache, plan.split, config.input_size, config.stride, batch_size=16,
                          workers=min(plan.workers, 4), options=plan.options)
     result = evaluate_model(model, loader, manifest, options=plan.options)
     metrics = {**result.summary(), "fwiou": float(result.parsing["fwiou"])}
-    if result.pose is not None:
-        metrics["pckh_groups"] = dict(result.pose["groups"])
+    if result.pose is not None:  # PCKh groups, or AP groups for a multi-person model
+        metrics["map_groups" if "map" in result.pose else "pckh_groups"] = dict(result.pose["groups"])
     record = finite_json({"preset": preset, "run": str(run), "evaluation": key, "metrics": metrics,
                           "images": result.images, "seconds": round(result.seconds, 2)})
     write_json(run / RECORD, record)
