@@ -25,10 +25,13 @@ def test_the_device_check_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     report = json.loads((out / "device_check.json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
     assert list(steps) == ["cuda_tests", "data", "train_interrupted", "train_resumed", "evaluate_fp32", "predict",
-                           "export_half", "train_compile", "train_deterministic", "predict_benchmark", "benchmark"]
+                           "export_half", "data_multi_person", "train_multi_person", "evaluate_multi_person",
+                           "train_compile", "train_deterministic", "predict_benchmark", "benchmark"]
     assert report["ok"] and all(s["ok"] for s in steps.values()), {n: s.get("exit") for n, s in steps.items()}
     assert steps["train_interrupted"]["interrupted"] and "--resume" in steps["train_interrupted"]["log_tail"]
     assert [int(r["epoch"]) for r in report["train_default_epochs"]] == [1, 2, 3, 4]
+    assert [int(r["epoch"]) for r in report["train_multi_person_epochs"]] == [1, 2]
+    assert '"map"' in steps["evaluate_multi_person"]["log_tail"]
     assert "needs a CUDA GPU" in steps["benchmark"]["log_tail"]
     with tarfile.open(out / "logs.tar.gz") as tar:
         names = tar.getnames()
