@@ -15,7 +15,6 @@ import random
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -28,13 +27,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from mula_cli.console import err, out
 from mula_cli.data.cache import CacheFile, resolve_cache
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
-from mula_cli.data.device_warp import warp_images
 from mula_cli.data.transforms import AUGMENTATIONS
 from mula_cli.devices import amp_dtype as resolve_amp
 from mula_cli.errors import MulaError
 from mula_cli.files import write_json
 from mula_cli.manifests import DatasetManifest
-from mula_cli.model.loss import mula_loss
 from mula_cli.model.mula import MuLA
 from mula_cli.model.presets import build_model, dataset_overrides
 from mula_cli.model.weights import load_weights, save_weights
@@ -44,6 +41,8 @@ from mula_cli.train.checkpoint import TrainState, load_checkpoint, restore_train
 from mula_cli.train.config import TrainConfig
 from mula_cli.train.distributed import World, agree, broadcast_object, setup_world, shutdown_world
 from mula_cli.train.rundir import MetricsLog, environment, new_run_dir, resumed_run_dir
+from mula_cli.train.step import BatchInputs, SkipSampler
+from mula_cli.train.step import train_step as _step  # a module-level name, so tests can wrap the step
 from mula_cli.train.validate import Validator
 
 if TYPE_CHECKING:  # tensorboard is an optional extra
@@ -182,7 +181,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
     train_set = MulaDataset(cache_path, "train", SampleConfig(input_size=mcfg.input_size, stride=mcfg.stride,
                                                               augment=AUGMENTATIONS[cfg.augment], seed=cfg.seed,
                                                               defer_warp=device_augment))
-    inputs = _BatchInputs(device, mcfg.input_size, train_set.config)
+    inputs = BatchInputs(device, mcfg.input_size, train_set.config)
     sampler = DistributedSampler(train_set, num_replicas=world.size, rank=world.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
     steps_per_epoch = len(sampler) // batch
@@ -233,7 +232,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                 group["lr"] = lr
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
-            loader = DataLoader(train_set, batch_size=batch, sampler=_Skip(sampler, state.epoch_step * batch),
+            loader = DataLoader(train_set, batch_size=batch, sampler=SkipSampler(sampler, state.epoch_step * batch),
                                 num_workers=cfg.workers, collate_fn=collate, drop_last=True,
                                 pin_memory=device.type == "cuda", persistent_workers=False)
             net.train()
@@ -307,62 +306,6 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
         if writer is not None:
             writer.close()
     return run_dir
-
-
-class _BatchInputs:
-    """A loader batch as device tensors (images, heatmaps, labels, offsets, offset mask; the last two None
-    without the partition branch), resampling on the device when the dataset deferred it (see
-    mula_cli.data.device_warp)."""
-
-    def __init__(self, device: torch.device, size: int, config: SampleConfig) -> None:
-        self.device, self.size, self.augment = device, size, config.augment
-        self.memory = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-
-    def __call__(self, batch: dict[str, Any]) -> TrainInputs:
-        def put(name: str) -> torch.Tensor:
-            return batch[name].to(self.device, non_blocking=True)
-
-        if "crop" in batch:  # crops of several sizes come as a list
-            images = warp_images([t.to(self.device, non_blocking=True) for t in batch["crop"]], put("input_to_crop"),
-                                 self.size, self.augment.image_pad)
-        else:
-            images = put("image")
-        offsets = (put("offsets"), put("offset_mask")) if "offsets" in batch else (None, None)
-        return images.contiguous(memory_format=self.memory), put("heatmaps"), put("parsing"), *offsets
-
-
-TrainInputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]
-
-
-def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-          inputs: TrainInputs, amp_dtype: torch.dtype | None, cfg: TrainConfig,
-          ignore_index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimisation step; returns the loss tensors without reading them."""
-    images, heatmaps, labels, offsets, offset_mask = inputs
-    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        output = net(images)
-    loss, parts = mula_loss(output, heatmaps, labels, beta=cfg.beta, ignore_index=ignore_index, offsets=offsets,
-                            offset_mask=offset_mask, offset_weight=cfg.offset_weight)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss, parts
-
-
-class _Skip(torch.utils.data.Sampler):
-    """The wrapped sampler's indices after the first ``skip`` (resuming in the middle of an epoch)."""
-
-    def __init__(self, sampler: DistributedSampler, skip: int) -> None:
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self) -> Iterator[int]:
-        for i, index in enumerate(self.sampler):
-            if i >= self.skip:
-                yield index
-
-    def __len__(self) -> int:
-        return max(0, len(self.sampler) - self.skip)
 
 
 def _load_initial_weights(model: torch.nn.Module, path: Path) -> None:
