@@ -15,7 +15,7 @@ within a cluster that holds the same joint type twice, a split into several peop
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 from torch import Tensor
 
+from mula_cli.errors import MulaError
 from mula_cli.heatmaps import encode_heatmaps, grid_centers
 
 
@@ -138,14 +139,8 @@ class Person:
 def grouping_from_options(min_score: float | None, group_distance: float | None,
                           min_joints: int | None) -> GroupingConfig:
     """The command-line options of ``mula evaluate`` / ``mula predict`` as a config (None keeps a default)."""
-    from mula_cli.errors import MulaError
-
-    base = GroupingConfig()
-    config = GroupingConfig(
-        peak_threshold=base.peak_threshold if min_score is None else min_score,
-        nms_window=base.nms_window, blur_sigma=base.blur_sigma,
-        cluster_distance=base.cluster_distance if group_distance is None else group_distance,
-        join_distance=base.join_distance, min_joints=base.min_joints if min_joints is None else min_joints)
+    given = {"peak_threshold": min_score, "cluster_distance": group_distance, "min_joints": min_joints}
+    config = replace(GroupingConfig(), **{k: v for k, v in given.items() if v is not None})
     if not 0 <= config.peak_threshold < 1 or not 0 < config.cluster_distance <= 2 or config.min_joints < 1:
         raise MulaError("--min-score must be in [0, 1), --group-distance in (0, 2] (a fraction of the input side) "
                         "and --min-joints at least 1")

@@ -36,7 +36,7 @@ from PIL import Image
 
 from mula_cli.smoothing import OneEuroFilter, OneEuroSettings
 from mula_cli.video import Frame, VideoReader, VideoWriter
-from mula_cli.visualize import draw_people, draw_skeleton, overlay, save_label_png
+from mula_cli.visualize import draw_pose, overlay, save_label_png
 
 _END = object()  # end of a queue's items
 _POLL_S = 0.1  # queue waits wake up this often to notice a stop
@@ -161,13 +161,10 @@ class _Writer:
             self.lines.flush()  # a crash or Ctrl-C keeps every line written so far
         if self.outputs.labels_dir is not None:
             save_label_png(self.outputs.labels_dir / f"frame_{frame.index:06d}.png", prediction.labels, self.manifest)
-        if self.draw and prediction.people is not None:
-            drawn = draw_people(overlay(Image.fromarray(frame.image), prediction.labels, self.manifest),
-                                [p.joints for p in prediction.people], self.manifest)
-        elif self.draw:
-            drawn = draw_skeleton(overlay(Image.fromarray(frame.image), prediction.labels, self.manifest), joints,
-                                  self.manifest, prediction.scores)
         if self.draw:
+            people = None if prediction.people is None else [p.joints for p in prediction.people]
+            drawn = draw_pose(overlay(Image.fromarray(frame.image), prediction.labels, self.manifest), self.manifest,
+                              joints, prediction.scores, people)
             self.latest = np.asarray(drawn)
             if self.video is not None:
                 self.video.write(self.latest, frame.time)

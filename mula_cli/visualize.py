@@ -116,6 +116,14 @@ def draw_skeleton(image: Image.Image, joints: np.ndarray, manifest: DatasetManif
     return out
 
 
+def draw_pose(image: Image.Image, manifest: DatasetManifest, joints: np.ndarray, scores: np.ndarray | None = None,
+              people: list[np.ndarray] | None = None) -> Image.Image:
+    """A multi-person model's people, one colour each (``people`` given), else the one skeleton of ``joints``."""
+    if people is not None:
+        return draw_people(image, people, manifest)
+    return draw_skeleton(image, joints, manifest, scores)
+
+
 def _sides(manifest: DatasetManifest) -> list[str]:
     """Which joints are on the person's left or right, from the manifest's names and mirror pairs."""
     sides = ["centre"] * manifest.num_joints
@@ -142,9 +150,7 @@ def prediction_panel(image: Image.Image, labels: np.ndarray, joints: np.ndarray,
                      scores: np.ndarray | None = None, truth: np.ndarray | None = None,
                      people: list[np.ndarray] | None = None) -> Image.Image:
     """Photo | parsing overlay | skeleton, or every person's (| ground-truth parsing when given), side by side."""
-    skeletons = draw_people(image, people, manifest) if people is not None else \
-        draw_skeleton(image, joints, manifest, scores)
-    tiles = [image.convert("RGB"), overlay(image, labels, manifest), skeletons]
+    tiles = [image.convert("RGB"), overlay(image, labels, manifest), draw_pose(image, manifest, joints, scores, people)]
     if truth is not None:
         tiles.append(overlay(image, truth, manifest))
     w, h = tiles[0].size

@@ -181,33 +181,31 @@ def _print_tables(result, manifest) -> None:
     if "map" in q:  # multi-person
         _print_map(q, manifest)
         return
-    groups = Table(title="PCKh@0.5 (percent)", title_justify="left")
-    for name in q["groups"]:
-        groups.add_column(name, justify="right")
-    groups.add_row(*(_fmt(v) for v in q["groups"].values()))
-    out.print(groups)
-    out.print(f"PCKh over {q['images']} images ({q['excluded_images']} without both head joints excluded); "
-              f"PCK@0.2 of torso size {_fmt(q['pck_torso@0.2'])}")
-    joints = Table(title="PCKh@0.5 per joint", title_justify="left")
-    joints.add_column("joint")
-    joints.add_column("PCKh", justify="right")
-    for name, value in zip(manifest.joints, q["joint_pckh"]):
-        joints.add_row(name, _fmt(value))
-    out.print(joints)
+    _print_pose(f"PCKh over {q['images']} images ({q['excluded_images']} without both head joints excluded); "
+                f"PCK@0.2 of torso size {_fmt(q['pck_torso@0.2'])}",
+                "PCKh@0.5 (percent)", q["groups"], "PCKh@0.5 per joint", "PCKh", q["joint_pckh"], manifest)
 
 
 def _print_map(q: dict, manifest) -> None:
     """Multi-person pose: mAP with the usual groups, then AP per joint."""
-    groups = Table(title=f"pose AP@{q['threshold']:g} (percent; MPII multi-person protocol)", title_justify="left")
-    for name in [*q["groups"], "mAP"]:
-        groups.add_column(name, justify="right")
-    groups.add_row(*(_fmt(v) for v in q["groups"].values()), _fmt(q["map"]))
-    out.print(groups)
-    out.print(f"{q['images']} images, {q['gt_people']} people annotated, {q['pred_people']} predicted; "
-              f"reference distance: {q['reference']}")
-    joints = Table(title="AP per joint", title_justify="left")
+    _print_pose(f"{q['images']} images, {q['gt_people']} people annotated, {q['pred_people']} predicted; "
+                f"reference distance: {q['reference']}",
+                f"pose AP@{q['threshold']:g} (percent; MPII multi-person protocol)", {**q["groups"], "mAP": q["map"]},
+                "AP per joint", "AP", q["joint_ap"], manifest)
+
+
+def _print_pose(line: str, groups_title: str, groups: dict, joints_title: str, metric: str, per_joint: list,
+                manifest) -> None:
+    """One row of group scores, a line about what was scored, one row per joint."""
+    row = Table(title=groups_title, title_justify="left")
+    for name in groups:
+        row.add_column(name, justify="right")
+    row.add_row(*(_fmt(v) for v in groups.values()))
+    out.print(row)
+    out.print(line)
+    joints = Table(title=joints_title, title_justify="left")
     joints.add_column("joint")
-    joints.add_column("AP", justify="right")
-    for name, value in zip(manifest.joints, q["joint_ap"]):
+    joints.add_column(metric, justify="right")
+    for name, value in zip(manifest.joints, per_joint):
         joints.add_row(name, _fmt(value))
     out.print(joints)

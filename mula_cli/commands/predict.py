@@ -146,7 +146,7 @@ def predict(
     from mula_cli.partition import grouping_from_options
     from mula_cli.predictor import read_image
     from mula_cli.progress import make_progress
-    from mula_cli.visualize import draw_skeleton, overlay, save_label_png
+    from mula_cli.visualize import draw_pose, overlay, save_label_png
 
     check_device_option(device)  # before looking for pictures: a typo is reported first
     grouping = grouping_from_options(min_score, group_distance, min_joints)
@@ -188,7 +188,7 @@ def predict(
                 results = predictor.predict_decoded(pictures)
                 for (file, stem), (img, _), result in zip(chunk, pictures, results):
                     targets = _targets(folder, stem, out_path, pose_path, vis_path, overlays)
-                    _write(targets, file, img, result, predictor, weights_id, save_label_png, overlay, draw_skeleton)
+                    _write(targets, file, img, result, predictor, weights_id, save_label_png, overlay, draw_pose)
                     written += 1
             bar.advance(task, len(items[start:start + batch_size]))
     where = folder if folder is not None else ", ".join(str(p) for p in (out_path, pose_path, vis_path) if p)
@@ -217,7 +217,7 @@ def _targets(folder, stem, out_path, pose_path, vis_path, overlays) -> dict[str,
             "vis": base.with_name(base.name + "_overlay.jpg") if overlays else None}
 
 
-def _write(targets, file, img, result, predictor, weights_id, save_label_png, overlay, draw_skeleton) -> None:
+def _write(targets, file, img, result, predictor, weights_id, save_label_png, overlay, draw_pose) -> None:
     m = predictor.manifest
     if targets["labels"] is not None:
         save_label_png(targets["labels"], result.labels, m)
@@ -232,12 +232,8 @@ def _write(targets, file, img, result, predictor, weights_id, save_label_png, ov
 
             labels = np.asarray(Image.fromarray(labels).resize(img.size, Image.Resampling.NEAREST))
             joints = joints * np.array([img.width / result.size[1], img.height / result.size[0]])
-        if result.people is not None:  # one colour per person
-            from mula_cli.visualize import draw_people
-
-            scale = np.array([img.width / result.size[1], img.height / result.size[0], 1.0])
-            drawn = draw_people(overlay(img, labels, m), [p.joints * scale for p in result.people], m)
-        else:
-            drawn = draw_skeleton(overlay(img, labels, m), joints, m, result.scores)
+        scale = np.array([img.width / result.size[1], img.height / result.size[0], 1.0])
+        people = None if result.people is None else [p.joints * scale for p in result.people]
+        drawn = draw_pose(overlay(img, labels, m), m, joints, result.scores, people)
         fmt = "PNG" if targets["vis"].suffix.lower() == ".png" else "JPEG"
         atomic_write(targets["vis"], lambda p: drawn.save(p, format=fmt, **({"quality": 90} if fmt == "JPEG" else {})))
