@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mula_cli.model.loss import mula_loss, parsing_cross_entropy, pose_mse
+from mula_cli.model.loss import lovasz_softmax, mula_loss, parsing_cross_entropy, pose_mse, upsample_logits
 from mula_cli.model.mula import MulaOutput
 
 B, J1, P, S, SIZE = 2, 5, 4, 8, 32  # batch, joint maps, classes, stride-s side, label side
@@ -80,3 +80,60 @@ def test_the_ignore_label_is_the_datasets() -> None:
     got, parts = mula_loss(out, heatmaps, other, ignore_index=250)
     torch.testing.assert_close(got, want)
     assert torch.isfinite(parts["s1/parsing"])
+
+
+def lovasz_by_definition(probs: torch.Tensor, labels: torch.Tensor, ignore: int = 255) -> float:
+    """Berman et al.'s Lovasz-softmax written out: for each present class, sort the errors, and weigh
+    the i-th by how much the Jaccard loss |M| / |truth or M| grows when its pixel joins M."""
+    p = probs.permute(0, 2, 3, 1).reshape(-1, probs.shape[1]).tolist()
+    y = labels.reshape(-1).tolist()
+    kept = [(row, c) for row, c in zip(p, y) if c != ignore]
+    losses = []
+    for cls in range(probs.shape[1]):
+        truth = [c == cls for _, c in kept]
+        if not any(truth):
+            continue
+        errors = [abs(float(t) - row[cls]) for (row, _), t in zip(kept, truth)]
+        order = sorted(range(len(errors)), key=lambda i: -errors[i])
+        total, previous, loss, chosen = sum(truth), 0.0, 0.0, []
+        for i in order:
+            chosen.append(i)
+            missed = sum(1 for k in chosen if truth[k])
+            jaccard = len(chosen) / (total + len(chosen) - missed)
+            loss += errors[i] * (jaccard - previous)
+            previous = jaccard
+        losses.append(loss)
+    return sum(losses) / len(losses)
+
+
+def test_lovasz_softmax_matches_its_definition_and_skips_ignored_pixels() -> None:
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, P, 6, 6, generator=g)
+    labels = torch.randint(0, P - 1, (2, 6, 6), generator=g)  # the last class is absent: it must not count
+    labels[0, :2] = 255
+    got = lovasz_softmax(logits, labels)
+    assert got.item() == pytest.approx(lovasz_by_definition(logits.softmax(1), labels), rel=1e-5)
+    changed = logits.clone()
+    changed[0, :, :2] += 5 * torch.randn(P, 2, 6, generator=g)  # only ignored pixels change
+    assert lovasz_softmax(changed, labels).item() == pytest.approx(got.item(), rel=1e-6)
+
+
+def test_lovasz_softmax_reads_labels_where_upsampling_puts_the_logits() -> None:
+    """Labels made by upsampling confident logits (align_corners=True) to 29x29 cost nothing at 8x8:
+    every logit sits exactly on a label pixel (28 / 7 = 4), but not at the cell centres."""
+    g = torch.Generator().manual_seed(4)
+    logits = 40.0 * F.one_hot(torch.randint(0, P, (1, 8, 8), generator=g), P).permute(0, 3, 1, 2)
+    labels = upsample_logits(logits, (29, 29)).argmax(1)
+    assert lovasz_softmax(logits, labels).item() < 1e-6
+    assert lovasz_softmax(logits, labels.flip(-1)).item() > 0.1
+
+
+def test_lovasz_weight_adds_to_the_parsing_part() -> None:
+    out, (heatmaps, labels) = fake_output(2), targets()
+    plain, parts = mula_loss(out, heatmaps, labels, beta=0.5)
+    total, mixed = mula_loss(out, heatmaps, labels, beta=0.5, lovasz_weight=2.0)
+    for t, parsing in enumerate(out.parsing, start=1):
+        torch.testing.assert_close(mixed[f"s{t}/parsing"], parts[f"s{t}/parsing"] + 2.0 * lovasz_softmax(parsing, labels))
+    torch.testing.assert_close(total, plain + 0.5 * sum(mixed[f"s{t}/parsing"] - parts[f"s{t}/parsing"] for t in (1, 2)))
+    total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in out.parsing)
