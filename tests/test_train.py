@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -67,8 +68,9 @@ def test_train_writes_the_run_directory_and_the_loss_goes_down(cache: Path, tmp_
     _, config, extra = load_weights(run / "weights" / "best.pt")
     assert config.preset == "hg-tiny" and "metrics" in extra and config.class_names[0] == "Background"
     again = _mula("train", "--data", cache, *TINY, "--epochs", "1", "--project", "runs", "--device-augment",
-                  cwd=tmp_path)  # the batched resampling path, here on the CPU
+                  "--lovasz", "1", cwd=tmp_path)  # the batched resampling path, here on the CPU
     assert again.returncode == 0 and (tmp_path / "runs" / "exp2").is_dir()
+    assert json.loads((tmp_path / "runs" / "exp2" / "config.json").read_text())["train"]["lovasz"] == 1.0
 
 
 @pytest.mark.slow
@@ -155,7 +157,9 @@ def test_bad_training_input_is_one_line_exit_2(cache: Path, tmp_path: Path) -> N
     assert schedule.exit_code == 2 and "cosine" in schedule.output
     both = run_cli("train", "--resume", tmp_path / "last.pt", "--weights", tmp_path / "w.pt")
     assert both.exit_code == 2 and "drop --weights" in both.output
-    for result in (missing, bad_cache, preset, bad_key, bad_type, schedule, both):
+    lovasz = run_cli("train", "--data", cache, "--lovasz", "-1")
+    assert lovasz.exit_code == 2 and "--lovasz" in lovasz.output
+    for result in (missing, bad_cache, preset, bad_key, bad_type, schedule, both, lovasz):
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
 
 

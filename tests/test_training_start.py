@@ -112,3 +112,28 @@ def test_augment_flip_mirrors_the_test_view_and_swaps_left_and_right(lip_cache: 
             assert torch.equal(a["parsing"], torch.from_numpy(lut[b["parsing"].flip(-1).numpy()]))
             torch.testing.assert_close(a["heatmaps"][:-1], b["heatmaps"][flip_index].flip(-1), atol=0.02, rtol=0)
     assert seen[True] > 0 and seen[False] > 0  # mirrored about half the time
+
+
+def test_the_training_step_and_the_balance_use_the_lovasz_weight() -> None:
+    from mula_cli.train.config import TrainConfig
+    from mula_cli.train.step import train_step
+
+    images, heatmaps, labels = _batch()
+    parsing = {}
+    for weight in (0.0, 1.0):
+        model = _model().train()
+        optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        cfg = TrainConfig(data="x", lovasz=weight, device="cpu")
+        _, parts = train_step(model, optimizer, scaler, (images.float(), heatmaps, labels, None, None), None, cfg, 255)
+        parsing[weight] = parts["s1/parsing"].detach()
+    with torch.no_grad():  # the same first forward pass, scored with and without the term
+        mixed = mula_loss(_model().train()(images), heatmaps, labels, lovasz_weight=1.0)[1]["s1/parsing"]
+        plain = mula_loss(_model().train()(images), heatmaps, labels)[1]["s1/parsing"]
+    assert float(mixed - plain) > 0.1
+    torch.testing.assert_close(parsing[1.0] - parsing[0.0], mixed - plain)
+    model = _model().train()
+    base = measure_balance(model, images, heatmaps, labels, beta=0.01, ignore_index=255)
+    mixed = measure_balance(model, images, heatmaps, labels, beta=0.01, ignore_index=255, lovasz_weight=1.0)
+    assert all(torch.equal(base[k], mixed[k]) for k in base if "_pose_grad_" in k)
+    assert any(not torch.equal(base[k], mixed[k]) for k in base if "_parsing_grad_" in k)

@@ -41,6 +41,7 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="Initial learning rate. Default: the schedule's.", rich_help_panel=OPTIM),
     schedule: Optional[str] = typer.Option(None, "--schedule", help=f"Learning-rate schedule: {', '.join(SCHEDULES)} (paper: 2.5e-3 halved at 150/170/200/230 of 250 epochs; official: the authors' script). Default: paper.", rich_help_panel=OPTIM),
     beta: Optional[float] = typer.Option(None, "--beta", help="Weight of the parsing loss against the pose loss. Default: 0.01, the authors'.", rich_help_panel=OPTIM),
+    lovasz: Optional[float] = typer.Option(None, "--lovasz", help="Add a Lovasz-softmax term, times this weight, to the parsing cross-entropy (it optimises each class's IoU, so rare classes count; SCHP's recipe). Default: 0, the paper's loss.", rich_help_panel=OPTIM),
     offset_weight: Optional[float] = typer.Option(None, "--offset-weight", help="Multi-person data: weight of the partition branch's offset loss (smooth L1) per stage. Default: 1.", rich_help_panel=OPTIM),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed. Default: 0.", rich_help_panel=OPTIM),
     device: Optional[str] = typer.Option(None, "--device", help=f"{DEVICE_CHOICES}. Default: auto.", rich_help_panel=HARDWARE),
@@ -63,7 +64,7 @@ def train(
     flags = {"data": data, "augment": augment, "workers": workers, "val_every": val_every, "val_limit": val_limit, "model": model,
              "stages": stages, "variant": variant, "width": width, "input_size": input_size,
              "paper_mapping": paper_mapping, "authors_init": authors_init, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-             "schedule": schedule, "beta": beta, "offset_weight": offset_weight, "seed": seed, "device": device, "amp": amp, "sync_bn": sync_bn,
+             "schedule": schedule, "beta": beta, "lovasz": lovasz, "offset_weight": offset_weight, "seed": seed, "device": device, "amp": amp, "sync_bn": sync_bn,
              "compile": compile_model, "deterministic": deterministic, "device_augment": device_augment,
              "project": project, "name": name, "log_every": log_every}
     if resume is not None:

@@ -57,7 +57,8 @@ def _tasks(model: MuLA) -> tuple[str, ...]:
 
 def measure_balance(model: MuLA, images: Tensor, heatmaps: Tensor, labels: Tensor, offsets: Tensor | None = None,
                     offset_mask: Tensor | None = None, *, beta: float, ignore_index: int,
-                    amp_dtype: torch.dtype | None = None, offset_weight: float = 1.0) -> dict[str, Tensor]:
+                    amp_dtype: torch.dtype | None = None, offset_weight: float = 1.0,
+                    lovasz_weight: float = 0.0) -> dict[str, Tensor]:
     """Gradient norm of every stage's weighted pose and parsing (and offset) terms into each stream's
     shared parameters.
 
@@ -66,6 +67,7 @@ def measure_balance(model: MuLA, images: Tensor, heatmaps: Tensor, labels: Tenso
         images, heatmaps, labels, offsets, offset_mask: one training batch, as the training step receives it.
         beta: the parsing weight of the training loss.
         offset_weight: the offset weight of the training loss (partition branch).
+        lovasz_weight: the Lovasz-softmax weight within the parsing term.
         ignore_index: the label of pixels without a class.
         amp_dtype: the training step's autocast dtype (None = full precision).
 
@@ -79,7 +81,7 @@ def measure_balance(model: MuLA, images: Tensor, heatmaps: Tensor, labels: Tenso
         with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             output = model(images)
         _, parts = mula_loss(output, heatmaps, labels, beta=beta, ignore_index=ignore_index, offsets=offsets,
-                             offset_mask=offset_mask, offset_weight=offset_weight)
+                             offset_mask=offset_mask, offset_weight=offset_weight, lovasz_weight=lovasz_weight)
         result: dict[str, Tensor] = {}
         weights = {POSE: 1.0, PARSING: beta, OFFSETS: offset_weight}
         for key, value in parts.items():

@@ -55,6 +55,7 @@ class TrainConfig:
     lr: Optional[float] = None
     schedule: str = "paper"
     beta: float = 0.01
+    lovasz: float = 0.0  # weight of a Lovasz-softmax term in the parsing loss (0: the paper's cross-entropy only)
     offset_weight: float = 1.0  # multi-person: weight of the partition branch's offset loss (per stage)
     seed: int = 0
     # hardware
@@ -90,6 +91,8 @@ class TrainConfig:
             raise bad(f"--lr must be positive, not {self.lr}")
         if self.beta < 0:
             raise bad(f"--beta must not be negative, not {self.beta}")
+        if self.lovasz < 0:
+            raise bad(f"--lovasz must not be negative, not {self.lovasz}")
         if self.offset_weight < 0:
             raise bad(f"--offset-weight must not be negative, not {self.offset_weight}")
 

@@ -250,7 +250,8 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                     batch_inputs = inputs(batch_data)
                     if measure and not balance:  # what each task's loss sends into the shared parts
                         balance = measure_balance(model, *batch_inputs, beta=cfg.beta, offset_weight=cfg.offset_weight,
-                                                  ignore_index=manifest.ignore_label, amp_dtype=amp_dtype)
+                                                  lovasz_weight=cfg.lovasz, ignore_index=manifest.ignore_label,
+                                                  amp_dtype=amp_dtype)
                     loss, parts = _step(step_model, optimizer, scaler, batch_inputs, amp_dtype, cfg,
                                         manifest.ignore_label)
                     running += torch.stack([loss.detach().double()] + [parts[k].detach().double() for k in parts_order])

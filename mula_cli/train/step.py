@@ -47,7 +47,7 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: t
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         output = net(images)
     loss, parts = mula_loss(output, heatmaps, labels, beta=cfg.beta, ignore_index=ignore_index, offsets=offsets,
-                            offset_mask=offset_mask, offset_weight=cfg.offset_weight)
+                            offset_mask=offset_mask, offset_weight=cfg.offset_weight, lovasz_weight=cfg.lovasz)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
