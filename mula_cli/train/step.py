@@ -24,7 +24,7 @@ class BatchInputs:
 
     def __init__(self, device: torch.device, size: int, config: SampleConfig) -> None:
         self.device, self.size, self.augment = device, size, config.augment
-        self.memory = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.memory = torch.channels_last  # as the model (mula_cli.train.engine)
 
     def __call__(self, batch: dict[str, Any]) -> TrainInputs:
         def put(name: str) -> torch.Tensor:
