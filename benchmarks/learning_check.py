@@ -14,6 +14,7 @@ short comparison keeps what it measured (and skips it when rerun with the same s
 
     python benchmarks/learning_check.py                       # the demo's own budget
     python benchmarks/learning_check.py --epochs 16           # a longer budget
+    python benchmarks/learning_check.py --seed 1 --lovasz 0   # another seed's data, the paper's loss
     python benchmarks/learning_check.py --compare --seeds 0,1,2
 """
 
@@ -99,16 +100,23 @@ def demo_check(plan: DemoPlan, device: str, seed: int, keep: Path | None) -> Non
         minutes = (time.perf_counter() - start) / 60
         metrics = json.loads((root / "metrics.json").read_text())
         overlay = root / "predict" / "person_overlay.jpg"
-        if plan == FULL and overlay.is_file():
+        if plan == FULL and seed == 0 and overlay.is_file():
             OVERLAY.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(overlay, OVERLAY)
     entry = {"plan": asdict(plan), "device": device, "seed": seed, "minutes": round(minutes, 2), **machine(),
              "before": metrics["before"], "after": metrics["after"]}
     with results_lock():
         results = load_results()
-        results[f"demo_epochs_{plan.epochs}_{device}"] = entry
+        results[demo_key(plan, device, seed)] = entry
         save_results(results)
     print(json.dumps(entry, indent=2))
+
+
+def demo_key(plan: DemoPlan, device: str, seed: int) -> str:
+    """``demo_epochs_12_cpu`` for the demo itself; other seeds and Lovasz weights get their own entry."""
+    key = f"demo_epochs_{plan.epochs}_{device}"
+    key += f"_seed{seed}" if seed else ""
+    return key + (f"_lovasz{plan.lovasz:g}" if plan.lovasz != FULL.lovasz else "")
 
 
 def compare(plan: DemoPlan, device: str, seeds: list[int], names: list[str]) -> None:
@@ -172,6 +180,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=FULL.epochs)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the demo run")
+    parser.add_argument("--lovasz", type=float, default=FULL.lovasz, help="Lovasz-softmax weight (0: the paper's loss only)")
     parser.add_argument("--keep", type=Path, help="keep the demo folder here instead of a temporary one")
     parser.add_argument("--compare", action="store_true", help="compare the variants instead of running the demo")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of --compare")
@@ -180,7 +189,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    plan = replace(FULL, epochs=args.epochs)
+    plan = replace(FULL, epochs=args.epochs, lovasz=args.lovasz)
     if args.compare:
         names = [n for n in args.variants.split(",") if n]
         unknown = [n for n in names if n not in COMPARISON]
