@@ -8,7 +8,8 @@ Steps, most important first, each cut at a shared deadline:
 3. ``mula train`` with the defaults on CUDA (bf16, channels_last, device augmentation, auto dispatch):
    validation every other epoch, Ctrl-C in the middle, then ``--resume`` to the end;
 4. ``mula evaluate`` (fp32), ``mula predict`` and ``mula export --half`` (checked after writing);
-   then multi-person: synthetic crowds, ``mula train`` with the partition branch, ``mula evaluate`` (mAP);
+   then multi-person: synthetic crowds, ``mula train`` with the partition branch and ``--lovasz 1``,
+   ``mula evaluate`` (mAP);
 5. ``mula train --compile``, and ``--deterministic`` (strict: it either runs or names the operation
    without a deterministic kernel);
 6. ``mula benchmark predict``: eager float32 against the fast path (and bf16) at batch 1 and 8;
@@ -189,12 +190,13 @@ def check(out: Path, deadline_s: float, plan: Plan) -> dict[str, Any]:
     export = ["--half", "--device", "cuda"] if p.gpu else ["--device", "cpu"]
     c.run("export_half", ["export", best, "--format", "torchscript", *export, "--out", "model.torchscript"], 90)
 
-    # multi-person: the partition branch's targets, loss and grouping on the device (bf16, device augmentation)
+    # multi-person: the partition branch's targets, loss and grouping on the device (bf16, device augmentation),
+    # with the Lovasz term (its sort and gather on the device)
     c.run("data_multi_person", ["prepare", "synthetic", "tree_mp", "--multi-person", "--train", str(p.train_images),
                                 "--val", str(p.val_images), "--out", "multi.h5", "-q"], 60)
     c.run("train_multi_person", ["train", "--data", "multi.h5", *p.model_args, "--batch-size", str(p.batch),
                                  "--workers", str(p.workers), "--project", runs, "--log-every", "5", "--epochs", "2",
-                                 "--val-every", "2", "--name", "multi"], 90)
+                                 "--val-every", "2", "--name", "multi", "--lovasz", "1"], 90)
     c.report["train_multi_person_epochs"] = _epochs(c.work / runs / "multi")
     c.run("evaluate_multi_person", ["evaluate", f"{runs}/multi/weights/last.pt", "--data", "multi.h5", "--workers",
                                     str(p.workers), "--json", *([] if p.gpu else ["--device", "cpu"])], 60)
