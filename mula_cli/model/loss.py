@@ -4,8 +4,8 @@ Every stage t contributes ``w_t * (MSE(pose_t, heatmaps) + beta * CE(parsing_t, 
 
 - pose: mean squared error over all J+1 maps (the background map included), at stride s;
 - parsing: cross-entropy of the logits upsampled (bilinear, ``align_corners=True``) to the label
-  size, pixels labelled ``ignore_index`` (the manifest's ``ignore_label``; 255 for LIP) left out. This is the same math as the authors'
-  upsample + log-softmax + NLL.
+  size, pixels labelled ``ignore_index`` (the manifest's ``ignore_label``; 255 for LIP) left out.
+  This is the same math as the authors' upsample + log-softmax + NLL.
 
 ``lovasz_weight`` (default 0, the paper's recipe) adds a Lovasz-softmax term (Berman et al., CVPR 2018,
 as in SCHP's parsing recipe) to the parsing term: a convex surrogate of each class's Jaccard loss,
@@ -75,8 +75,8 @@ def lovasz_softmax(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_IN
     # Gradient of the Lovasz extension: the Jaccard loss after each pixel in error order, differenced.
     total = truth.sum(dim=1, keepdim=True)
     jaccard = 1.0 - (total - truth.cumsum(dim=1)) / (total + (1.0 - truth).cumsum(dim=1)).clamp_min(1e-6)
-    jaccard = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
-    per_class = (errors * jaccard).sum(dim=1)
+    increments = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+    per_class = (errors * increments).sum(dim=1)
     present = (total.squeeze(1) > 0).float()
     return (per_class * present).sum() / present.sum().clamp_min(1.0)
 
