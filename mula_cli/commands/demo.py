@@ -35,8 +35,8 @@ class DemoPlan:
     better per minute. What lifted parsing is a Lovasz-softmax term beside the paper's
     cross-entropy (``lovasz``, off in ``mula train`` by default): it weighs every class's IoU
     alike, so the classes few pictures or pixels hold (hat, scarf, sunglasses, arms, shoes) get
-    learned within the budget (mIoU 23.0 to 30.6 at seed 0, +4.4 and +5.0 at seeds 1 and 2; README, "Learning check
-    and demo").
+    learned within the budget (mIoU 23.0 to 30.6 at seed 0, +4.4 and +5.0 at seeds 1 and 2;
+    README, "Learning check and demo").
     """
 
     train: int = 2000
