@@ -60,17 +60,25 @@ def lovasz_softmax(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_IN
     applied to each pixel's error |1[class] - p(class)|; ignored pixels have zero error and no
     class, so they change nothing. No boolean indexing, so no host sync.
     """
-    h, w = logits.shape[-2:]
+    return _lovasz(logits, *_lovasz_truth(target, logits.shape, ignore_index))
+
+
+def _lovasz_truth(target: Tensor, logits_shape: torch.Size, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """(C, N) one-hot truth and (1, N) labelled mask of ``target`` read on a (B, C, h, w) logits grid."""
+    _, classes, h, w = logits_shape
     rows = torch.linspace(0, target.shape[-2] - 1, h, device=target.device).round().long()
     cols = torch.linspace(0, target.shape[-1] - 1, w, device=target.device).round().long()
     labels = target[:, rows][:, :, cols].long()  # where align_corners=True upsampling puts each logit
+    valid = labels != ignore_index
+    truth = F.one_hot(torch.where(valid, labels, 0), classes).float() * valid[..., None]
+    return truth.reshape(-1, classes).T, valid.reshape(1, -1)
+
+
+def _lovasz(logits: Tensor, truth: Tensor, valid: Tensor) -> Tensor:
+    """The loss of :func:`lovasz_softmax` against targets from :func:`_lovasz_truth`."""
     probs = logits.float().softmax(dim=1)
-    classes = probs.shape[1]
-    valid = (labels != ignore_index).unsqueeze(1)
-    truth = F.one_hot(torch.where(valid[:, 0], labels, 0), classes).permute(0, 3, 1, 2).float() * valid
-    errors = ((truth - probs).abs() * valid).transpose(0, 1).reshape(classes, -1)
-    truth = truth.transpose(0, 1).reshape(classes, -1)
-    errors, order = torch.sort(errors, dim=1, descending=True)
+    probs = probs.permute(1, 0, 2, 3).reshape(probs.shape[1], -1)  # (C, N) in the truth's pixel order
+    errors, order = torch.sort((truth - probs).abs() * valid, dim=1, descending=True)
     truth = truth.gather(1, order)
     # Gradient of the Lovasz extension: the Jaccard loss after each pixel in error order, differenced.
     total = truth.sum(dim=1, keepdim=True)
@@ -135,11 +143,13 @@ def mula_loss(
         raise ValueError("the model predicts partition offsets: pass their targets (offsets, offset_mask)")
     parts: dict[str, Tensor] = {}
     total = heatmaps.new_zeros((), dtype=torch.float32)
+    # every stage's logits share one grid: the labels are read on it once
+    lovasz_target = _lovasz_truth(parsing_target, out.parsing[0].shape, ignore_index) if lovasz_weight else None
     for t, (pose, parsing, weight) in enumerate(zip(out.pose, out.parsing, stage_weights), start=1):
         pose_loss = pose_mse(pose, heatmaps)
         parsing_loss = parsing_cross_entropy(parsing, parsing_target, ignore_index)
-        if lovasz_weight:
-            parsing_loss = parsing_loss + lovasz_weight * lovasz_softmax(parsing, parsing_target, ignore_index)
+        if lovasz_target is not None:
+            parsing_loss = parsing_loss + lovasz_weight * _lovasz(parsing, *lovasz_target)
         parts[f"s{t}/pose"] = pose_loss
         parts[f"s{t}/parsing"] = parsing_loss
         total = total + weight * (pose_loss + beta * parsing_loss)
