@@ -25,6 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 from torch import Tensor
 
+from mula_cli.data.transforms import apply_affine
 from mula_cli.errors import MulaError
 from mula_cli.heatmaps import encode_heatmaps, grid_centers
 
@@ -115,6 +116,11 @@ class GroupingConfig:
     join_distance: float = 0.125
     min_joints: int = 4
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.peak_threshold < 1 or not 0 < self.cluster_distance <= 2 or self.min_joints < 1:
+            raise MulaError("--min-score must be in [0, 1), --group-distance in (0, 2] (a fraction of the input side) "
+                            "and --min-joints at least 1")
+
 
 @dataclass(frozen=True, eq=False)
 class Person:
@@ -130,7 +136,7 @@ class Person:
 
     def transformed(self, matrix: np.ndarray, hw: tuple[int, int] | None = None) -> Person:
         """The person with joints mapped by a 2x3 affine matrix, clipped into an (H, W) picture if given."""
-        xy = self.joints[:, :2] @ matrix[:, :2].T + matrix[:, 2]  # NaN stays NaN
+        xy = apply_affine(self.joints[:, :2], matrix)
         if hw is not None:
             xy = np.clip(xy, 0.0, [hw[1] - 1.0, hw[0] - 1.0])
         return Person(np.concatenate([xy, self.joints[:, 2:]], axis=1), self.score)
@@ -140,11 +146,7 @@ def grouping_from_options(min_score: float | None, group_distance: float | None,
                           min_joints: int | None) -> GroupingConfig:
     """The command-line options of ``mula evaluate`` / ``mula predict`` as a config (None keeps a default)."""
     given = {"peak_threshold": min_score, "cluster_distance": group_distance, "min_joints": min_joints}
-    config = replace(GroupingConfig(), **{k: v for k, v in given.items() if v is not None})
-    if not 0 <= config.peak_threshold < 1 or not 0 < config.cluster_distance <= 2 or config.min_joints < 1:
-        raise MulaError("--min-score must be in [0, 1), --group-distance in (0, 2] (a fraction of the input side) "
-                        "and --min-joints at least 1")
-    return config
+    return replace(GroupingConfig(), **{k: v for k, v in given.items() if v is not None})  # checked there
 
 
 def _as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
@@ -237,8 +239,7 @@ def group_people(heatmaps: Tensor | np.ndarray, offsets: Tensor | np.ndarray, st
     t, r, c = _find_peaks(maps, cfg.nms_window, cfg.peak_threshold)
     if len(t) == 0:
         return []
-    start = stride / 2.0 - 0.5
-    cell_x, cell_y = start + c * stride, start + r * stride
+    cell_x, cell_y = grid_centers(raw.shape[2], stride)[c], grid_centers(raw.shape[1], stride)[r]
     x = cell_x + _subcell(maps, t, r, c, 2) * stride
     y = cell_y + _subcell(maps, t, r, c, 1) * stride
     scores = raw[t, r, c]  # PPN scores candidates by the unblurred map

@@ -45,12 +45,13 @@ def evaluate(
     from mula_cli.inference import PROTOCOLS, InferenceOptions, parse_scales
     from mula_cli.manifests import manifest_from_json
     from mula_cli.model.weights import load_weights
+    from mula_cli.multi_person_metrics import REFERENCES
     from mula_cli.partition import grouping_from_options
     from mula_cli.progress import make_progress
 
     if protocol not in PROTOCOLS:
         raise MulaError(f"--protocol {protocol!r} is unknown; use {' or '.join(PROTOCOLS)}")
-    if pose_reference not in ("head", "box"):
+    if pose_reference not in REFERENCES:
         raise MulaError(f"--pose-reference {pose_reference!r} is unknown; use head or box")
     options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=parse_scales(scales),
                                protocol=protocol, grouping=grouping_from_options(min_score, group_distance, min_joints))
