@@ -145,8 +145,8 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
                 parsing.update(labels, torch.from_numpy(gt))
             people = batch["orig_joints"][i]
             if isinstance(pose, MultiPersonPoseAP):
-                pose.update(np.stack([p.joints for p in found]) if found else np.zeros((0, manifest.num_joints, 3)),
-                            people, gt_boxes=batch["orig_boxes"][i], person_scores=np.array([p.score for p in found]))
+                pose.update([p.joints for p in found], people, gt_boxes=batch["orig_boxes"][i],
+                            person_scores=np.array([p.score for p in found]))
             elif pose is not None and len(people):
                 pose.update(joints, people[0])
             if on_prediction is not None:
@@ -156,10 +156,8 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
         if progress is not None:
             progress(x.shape[0])
     parsing.all_reduce()
-    if isinstance(pose, MultiPersonPoseAP):
-        pose.gather()  # AP needs every rank's detections, not sums
-    elif pose is not None:
-        pose.all_reduce()
+    if pose is not None:
+        pose.all_reduce()  # multi-person AP gathers every rank's detections rather than summing
     count = torch.tensor([images], device=device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(count)

@@ -70,8 +70,8 @@ class ParsingMetrics:
         defined = np.isfinite(iou)
         return {
             "pixel_acc": 100.0 * correct.sum() / total if total else float("nan"),
-            "mean_acc": 100.0 * _nanmean(acc),
-            "miou": 100.0 * _nanmean(iou),
+            "mean_acc": 100.0 * nanmean(acc),
+            "miou": 100.0 * nanmean(iou),
             "fwiou": 100.0 * float((freq[defined] * iou[defined]).sum()),
             "class_acc": [100.0 * float(v) for v in acc],
             "class_iou": [100.0 * float(v) for v in iou],
@@ -79,7 +79,8 @@ class ParsingMetrics:
         }
 
 
-def _nanmean(values: np.ndarray) -> float:
+def nanmean(values: np.ndarray) -> float:
+    """Mean of the finite values; NaN when there is none (a class or joint without ground truth)."""
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if finite.size else float("nan")
 
@@ -166,7 +167,7 @@ class PoseMetrics:
             total = c[list(joints)].sum()
             return float(100.0 * h[t, list(joints)].sum() / total) if total else float("nan")
 
-        groups = {name: _nanmean(per_joint[headline, list(js)]) for name, js in spec.groups.items()}
+        groups = {name: nanmean(per_joint[headline, list(js)]) for name, js in spec.groups.items()}
         torso_t = int(np.argmin(np.abs(self.thresholds - 0.2)))
         all_joints = range(self.manifest.num_joints)
         return {

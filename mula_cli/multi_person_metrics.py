@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from mula_cli.manifests import DatasetManifest
+from mula_cli.metrics import nanmean
 
 HEAD_BOX_FRACTION = 0.13
 REFERENCES = {
@@ -212,10 +213,6 @@ class MultiPersonPoseAP:
         """AP per joint, mAP, group means (percent, NaN = no ground truth), threshold, reference and counts."""
         state = self.state()
         ap = np.array([voc_ap(s, t, int(n)) for s, t, n in zip(state["scores"], state["tp"], self._gt_counts)])
-
-        def nanmean(values: np.ndarray) -> float:
-            finite = values[np.isfinite(values)]
-            return float(finite.mean()) if finite.size else float("nan")
 
         groups = {name: nanmean(ap[list(js)]) for name, js in self.manifest.pckh.groups.items()}
         return {
