@@ -227,12 +227,12 @@ def _write(targets, file, img, result, predictor, weights_id, save_label_png, ov
     if targets["vis"] is not None:
         # drawn at the decoded size: the original for ordinary photos, a reduced one for huge JPEGs
         labels, joints = result.labels, result.joints
+        scale = np.array([img.width / result.size[1], img.height / result.size[0], 1.0])
         if img.size != (result.size[1], result.size[0]):
             from PIL import Image
 
             labels = np.asarray(Image.fromarray(labels).resize(img.size, Image.Resampling.NEAREST))
-            joints = joints * np.array([img.width / result.size[1], img.height / result.size[0]])
-        scale = np.array([img.width / result.size[1], img.height / result.size[0], 1.0])
+            joints = joints * scale[:2]
         people = None if result.people is None else [p.joints * scale for p in result.people]
         drawn = draw_pose(overlay(img, labels, m), m, joints, result.scores, people)
         fmt = "PNG" if targets["vis"].suffix.lower() == ".png" else "JPEG"

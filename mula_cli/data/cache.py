@@ -243,10 +243,10 @@ def resolve_cache(data: str | Path) -> Path:
         if not path.is_file():
             raise MulaError(f"data cache {path} does not exist; create it with `mula prepare`")
         return path
-    cached = default_cache_path(str(data).replace("-", "_"))
+    name = str(data).replace("-", "_")
+    cached = default_cache_path(name)
     if cached.is_file():
         return cached
-    name = str(data).replace("-", "_")
     hints = {"synthetic": "mula prepare synthetic", "synthetic_multi_person": "mula prepare synthetic --multi-person"}
     hint = hints.get(name, f"mula prepare {name.replace('_', '-')} /path/to/{data}")
     raise MulaError(f"no prepared dataset '{data}' (looked for {cached}); run `{hint}` first")

@@ -121,7 +121,6 @@ def preset_config(
     fields = dict(PRESET_FIELDS[preset])
     if num_classes is None or num_joints is None:
         lip = dataset_overrides(load_manifest(DEFAULT_DATASET))
-        lip.pop("partition")
         if num_classes is None:
             num_classes, class_names = lip["num_classes"], class_names or lip["class_names"]
         if num_joints is None:
@@ -138,7 +137,7 @@ def preset_config(
         "partition": partition,
     }
     fields.update({k: v for k, v in overrides.items() if v is not None})
-    if fields.get("encoder") != HOURGLASS and not PRESET_FIELDS[preset].get("partition"):
+    if fields.get("encoder") != HOURGLASS:
         # VGG16-FCN has no partition branch: on a multi-person dataset it learns parsing and single maps
         fields["partition"] = False
     if stages is not None and adapt_stages is None:

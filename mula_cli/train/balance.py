@@ -47,11 +47,12 @@ def _parameters(modules: list[nn.Module | None]) -> list[nn.Parameter]:
 def balance_columns(model: MuLA) -> list[str]:
     """The metrics.csv columns :func:`measure_balance` fills, in a fixed order."""
     streams = shared_parameters(model)
-    return [f"s{t + 1}_{task}_grad_{stream}" for t in range(model.config.stages) for task in _tasks(model)
+    return [f"s{t + 1}_{task}_grad_{stream}" for t in range(model.config.stages) for task in tasks_of(model)
             for stream in streams]
 
 
-def _tasks(model: MuLA) -> tuple[str, ...]:
+def tasks_of(model: MuLA) -> tuple[str, ...]:
+    """The loss terms of ``model``'s stages: pose, parsing, and offsets with the partition branch."""
     return (POSE, PARSING, OFFSETS) if model.config.partition else (POSE, PARSING)
 
 

@@ -36,7 +36,7 @@ from mula_cli.model.mula import MuLA
 from mula_cli.model.presets import build_model, dataset_overrides
 from mula_cli.model.weights import load_weights, save_weights
 from mula_cli.progress import make_progress
-from mula_cli.train.balance import balance_columns, measure_balance
+from mula_cli.train.balance import balance_columns, measure_balance, tasks_of
 from mula_cli.train.checkpoint import TrainState, load_checkpoint, restore_training, save_checkpoint
 from mula_cli.train.config import TrainConfig
 from mula_cli.train.distributed import World, agree, broadcast_object, setup_world, shutdown_world
@@ -199,7 +199,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                 err.print(f"[yellow]the run directory {checkpoint['extra'].get('run_dir')} of {resume} is gone; "
                           f"continuing in a new one, {run_dir}[/]")
     run_dir = broadcast_object(run_dir, world)
-    tasks = ("pose", "parsing", "offsets") if mcfg.partition else ("pose", "parsing")
+    tasks = tasks_of(model)
     pose_metric = "val_map" if manifest.multi_person else "val_pckh"
     columns = (["epoch", "lr", "loss", "pose_loss", "parsing_loss"] + (["offset_loss"] if mcfg.partition else [])
                + [f"s{t + 1}_{task}" for t in range(mcfg.stages) for task in tasks]
