@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mula_cli.pose_records import found_joint_records, joint_records
 from mula_cli.smoothing import OneEuroFilter, OneEuroSettings
 from mula_cli.video import Frame, VideoReader, VideoWriter
 from mula_cli.visualize import draw_pose, overlay, save_label_png
@@ -123,11 +124,6 @@ def _get(q: queue.Queue, stop: threading.Event | None = None) -> Any:
             continue
 
 
-def joint_records(names: tuple[str, ...], joints: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-    return [{"name": name, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4)}
-            for name, (x, y), s in zip(names, joints, scores)]
-
-
 class _Writer:
     """The last stage: JSON Lines, label PNGs and the overlay video, in frame order."""
 
@@ -148,9 +144,8 @@ class _Writer:
         if self.smoother is not None:  # in units of the long side, as the settings expect
             joints = self.smoother(joints / max(height, width), frame.time) * max(height, width)
         if prediction.people is not None:  # multi-person: every person found (no smoothing: identities change)
-            people = [{"joints": [r for r in joint_records(self.manifest.joints, p.joints[:, :2], p.joints[:, 2])
-                                  if np.isfinite(r["x"]) and np.isfinite(r["y"])],
-                       "score": round(float(p.score), 4)} for p in prediction.people]
+            people = [{"joints": found_joint_records(self.manifest.joints, p), "score": round(float(p.score), 4)}
+                      for p in prediction.people]
         else:
             people = [{"joints": joint_records(self.manifest.joints, joints, prediction.scores),
                        "score": round(float(np.mean(prediction.scores)), 4)}]

@@ -142,7 +142,7 @@ class _PredictionWriter:
     def add(self, pred) -> None:
         self._save(self.folder / "parsing" / f"{pred.id}.png", pred.labels, self.manifest)
         if pred.people is not None:  # multi-person: COCO keypoint results
-            from mula_cli.commands.predict import people_document
+            from mula_cli.pose_records import people_document
 
             self.people += people_document(Path(pred.id), pred.people, self.manifest)["people"]
             return

@@ -83,6 +83,8 @@ def newest_best(project: Path = Path("runs/train")) -> Path:
 
 
 def pose_document(image: Path, size: tuple[int, int], prediction, predictor, weights_id: str) -> dict:
+    from mula_cli.pose_records import joint_records, people_document
+
     m = predictor.manifest
     return {
         "image": str(image),
@@ -90,34 +92,11 @@ def pose_document(image: Path, size: tuple[int, int], prediction, predictor, wei
         "height": size[0],
         "model": {"preset": predictor.config.preset, "variant": predictor.config.variant,
                   "weights": str(predictor.weights), "sha256": weights_id},
-        "joints": [{"name": name, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4)}
-                   for name, (x, y), s in zip(m.joints, prediction.joints, prediction.scores)],
+        "joints": joint_records(m.joints, prediction.joints, prediction.scores),
         "skeleton": [[m.joints[a], m.joints[b]] for a, b in m.skeleton],
         "parsing_classes": list(m.classes),
         **({} if prediction.people is None else people_document(image, prediction.people, m)),
     }
-
-
-def people_document(image: Path, people: list, manifest) -> dict:
-    """Multi-person results: ``people`` is a COCO keypoint results list (``keypoints`` as x, y, score
-    triples in the manifest's joint order, 0 0 0 for a joint not found; ``bbox`` x, y, w, h of the found
-    joints), each record also naming its joints; ``categories`` describes them as COCO does (1-based skeleton)."""
-    records = []
-    for k, person in enumerate(people):
-        found = np.isfinite(person.joints[:, :2]).all(axis=1)
-        flat = [v for x, y, s in person.joints for v in ((round(float(x), 2), round(float(y), 2), round(float(s), 4))
-                                                          if np.isfinite(x) and np.isfinite(y) else (0, 0, 0))]
-        xy = person.joints[found, :2]
-        box = [float(v) for v in (*xy.min(axis=0), *(xy.max(axis=0) - xy.min(axis=0)))] if len(xy) else [0.0] * 4
-        records.append({
-            "image_id": image.stem, "category_id": 1, "person": k, "score": round(float(person.score), 4),
-            "keypoints": flat, "num_keypoints": int(found.sum()), "bbox": [round(v, 2) for v in box],
-            "joints": [{"name": name, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4)}
-                       for name, (x, y, s), ok in zip(manifest.joints, person.joints, found) if ok],
-        })
-    return {"people": records,
-            "categories": [{"id": 1, "name": "person", "keypoints": list(manifest.joints),
-                            "skeleton": [[a + 1, b + 1] for a, b in manifest.skeleton]}]}
 
 
 def predict(
