@@ -225,8 +225,16 @@ class CacheSplit:
 
     def people(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Joints (P, J, 2) with NaN for unlabelled ones, and occlusion flags (P, J)."""
-        first, count = self.person_index[i]
-        return self.joints_table[first:first + count], self.occluded_table[first:first + count]
+        rows = self._person_rows(i)
+        return self.joints_table[rows], self.occluded_table[rows]
+
+    def boxes(self, i: int) -> np.ndarray:
+        """Person boxes (P, 4) x1, y1, x2, y2, a NaN row where the dataset gives none."""
+        return self.boxes_table[self._person_rows(i)]
+
+    def _person_rows(self, i: int) -> slice:
+        first, count = (int(v) for v in self.person_index[i])
+        return slice(first, first + count)
 
     def single_person_joints(self, i: int) -> np.ndarray:
         """(J, 2) joints of the sample's first person (all NaN when it has none)."""

@@ -174,7 +174,7 @@ class MulaDataset(Dataset):
             "index": index,
             "id": t.ids[index],
             **({} if cfg.train else {"orig_parsing": label, "orig_joints": joints,
-                                     "orig_boxes": t.boxes_table[slice(*_span(t.person_index[index]))]}),
+                                     "orig_boxes": t.boxes(index)}),
         }
 
     def _test_views(self, img: Image.Image) -> dict[str, np.ndarray]:
@@ -208,12 +208,6 @@ class MulaDataset(Dataset):
         crop, input_to_crop = crop_footprint(img, m, self.config.input_size)
         return {"crop": crop, "input_to_crop": torch.from_numpy(input_to_crop),
                 "parsing": self._label_at_input(label, m, flipped)}
-
-
-def _span(person_index: np.ndarray) -> tuple[int, int]:
-    """The rows of one sample's people in the person tables."""
-    first, count = (int(v) for v in person_index)
-    return first, first + count
 
 
 def collate(samples: list[dict[str, object]]) -> dict[str, object]:
