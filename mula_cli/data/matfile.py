@@ -30,6 +30,7 @@ says the file is 1-based (not known for the real files: the public loader uses t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -164,20 +165,16 @@ def _read_v5_or_v73(path: Path, num_joints: int) -> list[tuple[np.ndarray, np.nd
     for name in names:
         people = _people_from_value(variables[name], num_joints)
         if people is not None:
-            if people and all(box is None for _, box in people):  # the real layout: boxes in their own variable
-                boxes = _sibling_boxes([_box_list(variables[k]) for k in names if k != name and _is_box_name(k)],
-                                       len(people))
-                if boxes is not None:
-                    people = [(joints, box) for (joints, _), box in zip(people, boxes)]
-            return people
+            siblings = (_box_list(variables[k]) for k in names if k != name and _is_box_name(k))
+            return _with_sibling_boxes(people, siblings)
     raise MatFileError(f"holds no {num_joints} x 3 joint arrays (variables: {', '.join(k for k in variables if not k.startswith('__'))})")
 
 
 def _people_from_value(value: object, num_joints: int) -> list[tuple[np.ndarray, np.ndarray | None]] | None:
     arr = np.asarray(value)
     if arr.dtype.names:  # struct array: one element per person
-        jfield = next((n for n in arr.dtype.names if any(w in n.lower() for w in _JOINT_WORDS)), None)
-        bfield = next((n for n in arr.dtype.names if any(w in n.lower() for w in _BOX_WORDS)), None)
+        jfield = next((n for n in arr.dtype.names if _is_joint_name(n)), None)
+        bfield = next((n for n in arr.dtype.names if _is_box_name(n)), None)
         if jfield is None:
             for n in arr.dtype.names:  # a wrapper struct: look one level down
                 for item in arr.ravel():
@@ -245,12 +242,8 @@ def _read_v73(path: Path, num_joints: int) -> list[tuple[np.ndarray, np.ndarray 
         for name in names:
             people = _people_from_h5(f, f[name], num_joints, name)
             if people is not None:
-                if people and all(box is None for _, box in people):  # the real layout: boxes in their own variable
-                    candidates = [_h5_box_list(f, f[k]) for k in names if k != name and _is_box_name(k)]
-                    boxes = _sibling_boxes(candidates, len(people))
-                    if boxes is not None:
-                        people = [(joints, box) for (joints, _), box in zip(people, boxes)]
-                return people
+                siblings = (_h5_box_list(f, f[k]) for k in names if k != name and _is_box_name(k))
+                return _with_sibling_boxes(people, siblings)
     raise MatFileError(f"holds no {num_joints} x 3 joint arrays in its HDF5 variables")
 
 
@@ -268,8 +261,8 @@ def _people_from_h5(f, obj, num_joints: int, name: str = "") -> list[tuple[np.nd
 
     if isinstance(obj, h5py.Group):
         keys = list(obj.keys())
-        jkey = next((k for k in keys if any(w in k.lower() for w in _JOINT_WORDS)), None)
-        bkey = next((k for k in keys if any(w in k.lower() for w in _BOX_WORDS)), None)
+        jkey = next((k for k in keys if _is_joint_name(k)), None)
+        bkey = next((k for k in keys if _is_box_name(k)), None)
         if jkey is None or not isinstance(obj[jkey], h5py.Dataset):
             return None
         joint_arrays = _h5_values(f, obj[jkey])
@@ -328,9 +321,14 @@ def _h5_box_list(f, obj) -> list[np.ndarray] | None:
     return _box_list(arrays[0]) if len(arrays) == 1 else None
 
 
-def _sibling_boxes(candidates: list[list[np.ndarray] | None], count: int) -> list[np.ndarray] | None:
-    """The first candidate box list with one box per person."""
-    return next((c for c in candidates if c is not None and len(c) == count), None)
+def _with_sibling_boxes(people: list[tuple[np.ndarray, np.ndarray | None]],
+                        candidates: Iterable[list[np.ndarray] | None]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """People without boxes of their own take them from the first candidate variable holding one box per person
+    (the real layout: boxes in their own variable); otherwise ``people`` unchanged."""
+    if not people or any(box is not None for _, box in people):
+        return people
+    boxes = next((c for c in candidates if c is not None and len(c) == len(people)), None)
+    return people if boxes is None else [(joints, box) for (joints, _), box in zip(people, boxes)]
 
 
 def _clean_joints(arr: np.ndarray, num_joints: int) -> np.ndarray:
