@@ -142,7 +142,7 @@ class MulaStage(nn.Module):
         # The partition branch reads the same adapted pose feature R_t as the heatmap head, so the
         # kernels predicted from the parsing feature shape the offsets too (docs/multi_person.md).
         offset_maps = (2 * cfg.num_joints,) if cfg.partition else ()
-        self.offset_head = conv1x1(cfg.width, offset_maps[0], bias=True) if cfg.partition else None
+        self.offset_head = conv1x1(cfg.width, *offset_maps, bias=True) if cfg.partition else None
         if self.last:
             return  # the authors build mapping convs for the last stage too, but never run them
         if self.shared:
@@ -167,11 +167,11 @@ class MulaStage(nn.Module):
         if self.paper_mapping:  # the paper maps the adapted features R_t to the next stage
             f_pose, f_parsing = r_pose, r_parsing
         # the offsets are fed forward with the heatmaps, as every prediction of a stage is
-        pose_predictions = [pose] if offsets is None else [pose, offsets]
+        extra = [] if offsets is None else [offsets]
         if self.shared:
-            x_next = self.mapping(x_pose, f_pose, [*pose_predictions[:1], parsing, *pose_predictions[1:]])
+            x_next = self.mapping(x_pose, f_pose, [pose, parsing, *extra])
             return pose, parsing, offsets, x_next, x_next
-        x_pose = self.pose_mapping(x_pose, f_pose, pose_predictions)
+        x_pose = self.pose_mapping(x_pose, f_pose, [pose, *extra])
         x_parsing = self.parsing_mapping(x_parsing, f_parsing, [parsing])
         return pose, parsing, offsets, x_pose, x_parsing
 
