@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from mula_cli.model.blocks import conv1x1
 from mula_cli.ops import dynamic_depthwise_conv2d
+from mula_cli.ops.resample import needs_deterministic_backward
 
 
 class ParameterAdapter(nn.Module):
@@ -28,7 +29,8 @@ class ParameterAdapter(nn.Module):
 
     Export: ONNX has no adaptive pool for sizes it cannot see or that do not divide, so while
     tracing the pool is written as two averaging matrices built from the traced sizes (the same
-    regions as ``adaptive_avg_pool2d``), and skipped where it would be an identity.
+    regions as ``adaptive_avg_pool2d``), and skipped where it would be an identity. The same form runs
+    in training with deterministic algorithms on: CUDA has no deterministic backward of the pool.
     """
 
     def __init__(self, width: int, kernel_size: int) -> None:
@@ -49,7 +51,7 @@ class ParameterAdapter(nn.Module):
 
     def forward(self, feature: Tensor) -> Tensor:
         x = self.unpooled(feature)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or needs_deterministic_backward(x):
             return adaptive_average_by_matrices(x, self.kernel_size)
         return F.adaptive_avg_pool2d(x, self.kernel_size)
 
@@ -64,17 +66,24 @@ def _averaging_matrix(size_in: int, size_out: int, like: Tensor) -> Tensor:
 
 
 def adaptive_average_by_matrices(x: Tensor, size: int) -> Tensor:
-    """``adaptive_avg_pool2d(x, size)`` as ``A_h @ x @ A_w^T`` with constant matrices (exportable).
+    """``adaptive_avg_pool2d(x, size)`` as ``A_h @ x @ A_w^T`` with constant matrices (exportable, and
+    deterministic on CUDA, forward and backward).
 
     The spatial sizes are read as Python ints, so a trace bakes them in: export at a fixed input size.
     """
+    if not torch.jit.is_tracing():  # (torch.compile cannot trace the warning filters: a graph break)
+        return _average_by_matrices(x, size)
     with warnings.catch_warnings():
         # A trace treats these sizes and matrices as constants: intended, so no TracerWarning.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        height, width = int(x.shape[-2]), int(x.shape[-1])
-        if (height, width) == (size, size):
-            return x  # the paper's input size: the authors' adapter already ends at h x h
-        rows, columns = _averaging_matrix(height, size, x), _averaging_matrix(width, size, x)
+        return _average_by_matrices(x, size)
+
+
+def _average_by_matrices(x: Tensor, size: int) -> Tensor:
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    if (height, width) == (size, size):
+        return x  # the paper's input size: the authors' adapter already ends at h x h
+    rows, columns = _averaging_matrix(height, size, x), _averaging_matrix(width, size, x)
     return rows @ x @ columns.transpose(0, 1)
 
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mula_cli.model.blocks import PlainBottleneck, PostRes, PreRes, conv1x1
+from mula_cli.ops.resample import upsample_bilinear_aligned
 
 
 class HourglassStem(nn.Module):
@@ -37,7 +38,9 @@ class Hourglass(nn.Module):
     Unlike Newell et al.'s module the skip path carries no residual of its own: level ``i`` adds
     its down-path output to the upsampled coarser result and refines the sum with one PreRes.
     Output ``ReLU(BN(y))``. Upsampling is bilinear x2 with ``align_corners=True`` (the semantics
-    of PyTorch 0.2, which the released weights were trained with).
+    of PyTorch 0.2, which the released weights were trained with); with deterministic algorithms on,
+    as matrix products (:func:`mula_cli.ops.resample.upsample_bilinear_aligned`: CUDA has no
+    deterministic backward of ``F.interpolate``).
     """
 
     def __init__(self, width: int, depth: int) -> None:
@@ -56,7 +59,7 @@ class Hourglass(nn.Module):
         x = self.bottom(x)
         # up[0] works at the coarsest skip level, up[-1] at full resolution.
         for block, skip in zip(self.up, skips[::-1]):
-            x = block(skip + F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True))
+            x = block(skip + upsample_bilinear_aligned(x, scale_factor=2))
         return self.bn(x).relu()
 
 

@@ -22,6 +22,12 @@ smooth L1 (beta 1) over the target cells of each joint's offset pair, averaged o
 (Pose Partition Networks' regression loss; see mula_cli.partition for the targets).
 
 No ``.item()`` anywhere: the parts stay tensors so a training step needs no host sync.
+
+With ``torch.use_deterministic_algorithms(True)`` (``mula train --deterministic``) three operations that
+have no deterministic CUDA kernel are replaced by equivalents that have one: the logits' upsampling
+(matrix products, :mod:`mula_cli.ops.resample`) and the cross-entropy (log-softmax and gather instead
+of NLL's atomics), both equal to float rounding, and the Lovasz cumulative sums (on integers: exact).
+Otherwise nothing changes.
 """
 
 from __future__ import annotations
@@ -33,24 +39,50 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mula_cli.model.mula import ModelOutput
+from mula_cli.ops.resample import upsample_bilinear_aligned
 
 AUTHORS_BETA = 0.01
 IGNORE_INDEX = 255
 
 
 def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """Parsing logits at stride s to ``size`` (H, W), bilinear with ``align_corners=True``."""
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    """Parsing logits at stride s to ``size`` (H, W), bilinear with ``align_corners=True`` (see
+    :func:`mula_cli.ops.resample.upsample_bilinear_aligned` for the deterministic form)."""
+    return upsample_bilinear_aligned(logits, size=size)
 
 
 def parsing_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Mean cross-entropy over the labelled pixels of ``target`` (B, H, W); 0 when none is labelled."""
+    """Mean cross-entropy over the labelled pixels of ``target`` (B, H, W); 0 when none is labelled.
+
+    With deterministic algorithms on, the sum is :func:`labelled_cross_entropy_sum` (CUDA's NLL loss
+    accumulates with atomics and has no deterministic kernel); otherwise ``F.cross_entropy``.
+    """
     target = target.long()
     upsampled = upsample_logits(logits.float(), (target.shape[-2], target.shape[-1]))
-    total = F.cross_entropy(upsampled, target, ignore_index=ignore_index, reduction="sum")
+    if torch.are_deterministic_algorithms_enabled():
+        total = labelled_cross_entropy_sum(upsampled, target, ignore_index)
+    else:
+        total = F.cross_entropy(upsampled, target, ignore_index=ignore_index, reduction="sum")
     # Divide by the labelled count without a host sync; clamping avoids 0/0 on an all-ignored batch.
     labelled = (target != ignore_index).sum().clamp_min(1)
     return total / labelled
+
+
+def labelled_cross_entropy_sum(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """``F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")`` of (B, C, H, W)
+    logits as log-softmax and gather, whose CUDA backward is deterministic when asked to be."""
+    labelled = target != ignore_index
+    picked = logits.log_softmax(dim=1).gather(1, torch.where(labelled, target, 0).unsqueeze(1)).squeeze(1)
+    # where, not a product: an ignored pixel's picked value may be -inf, and -inf * 0 is NaN
+    return -torch.where(labelled, picked, 0.0).sum()
+
+
+def _cumsum(x: Tensor, dim: int) -> Tensor:
+    """``x.cumsum(dim)`` of a 0/1 float tensor; summed as integers (exact) with deterministic algorithms
+    on, as CUDA's floating-point cumsum has no deterministic kernel."""
+    if torch.are_deterministic_algorithms_enabled():
+        return x.to(torch.int32).cumsum(dim=dim).to(x.dtype)
+    return x.cumsum(dim=dim)
 
 
 def lovasz_softmax(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
@@ -82,7 +114,7 @@ def _lovasz(logits: Tensor, truth: Tensor, valid: Tensor) -> Tensor:
     truth = truth.gather(1, order)
     # Gradient of the Lovasz extension: the Jaccard loss after each pixel in error order, differenced.
     total = truth.sum(dim=1, keepdim=True)
-    jaccard = 1.0 - (total - truth.cumsum(dim=1)) / (total + (1.0 - truth).cumsum(dim=1)).clamp_min(1e-6)
+    jaccard = 1.0 - (total - _cumsum(truth, 1)) / (total + _cumsum(1.0 - truth, 1)).clamp_min(1e-6)
     increments = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
     per_class = (errors * increments).sum(dim=1)
     present = (total.squeeze(1) > 0).float()
