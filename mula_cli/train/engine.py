@@ -53,9 +53,12 @@ BALANCE_EVERY = 50  # steps between loss-balance measurements (at least; once pe
 
 
 class TrainingStopped(MulaError):
-    """The run stopped on purpose (interrupt) or could not go on (non-finite loss)."""
+    """The run stopped on purpose (interrupt: exit 128 + the signal, as a shell reports it, so scripts can
+    tell an interruption from a crash) or could not go on (non-finite loss: exit 1)."""
 
-    exit_code = 1
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class _StopFlag:
@@ -66,6 +69,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.raised = False
+        self.signal = signal.SIGINT  # the first one received (an interrupt agreed from another rank: SIGINT)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
@@ -79,7 +83,8 @@ class _StopFlag:
         if self.raised:
             raise KeyboardInterrupt
         self.raised = True
-        name = signal.Signals(signum).name
+        self.signal = signal.Signals(signum)
+        name = self.signal.name
         err.print(f"\n[yellow]interrupted ({name}): finishing this step and saving last.pt (a second {name} "
                   "stops at once)[/]")
 
@@ -275,7 +280,8 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                                                    state, extra)
                             out.print(f"saved {path} (epoch {epoch + 1}, batch {state.epoch_step}); continue "
                                       f"with: mula train --resume {path}")
-                        raise TrainingStopped("training interrupted; the run can be resumed")
+                        raise TrainingStopped("training interrupted; the run can be resumed",
+                                              exit_code=128 + int(stop.signal))
             seconds = time.perf_counter() - t0
             _, sums = agree(False, running, world)  # metrics.csv shows the mean over all ranks
             steps = max(state.epoch_step, 1) * world.size
