@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mula_cli.devices import autocast
 from mula_cli.errors import MulaError
 from mula_cli.heatmaps import flip_heatmaps, gaussian_blur
-from mula_cli.inference import to_original
+from mula_cli.inference import OriginalPrediction, to_original
 from mula_cli.manifests import DatasetManifest
 from mula_cli.model.loss import upsample_logits
 
@@ -180,15 +181,6 @@ def authors_views(img: Image.Image, input_size: int, scales: tuple[float, ...],
             "windows": np.stack([c[1].to_array() for c in cut])}
 
 
-@dataclass
-class OriginalPrediction:
-    """One picture's prediction at its original resolution."""
-
-    labels: torch.Tensor  # (H, W) int64
-    joints: np.ndarray  # (J, 2) x, y (whole pixels, truncated as their CSV holds them)
-    scores: np.ndarray  # (J,)
-
-
 def _fuse_pose(heat: np.ndarray, windows: list[Window], scales: tuple[float, ...], size: int,
                crop: bool = True) -> np.ndarray:
     """Their multi-scale fusion of flip-averaged (n, J, S, S) heatmaps into one (J, S, S) canvas
@@ -231,7 +223,8 @@ def _window_affine(window: Window, orig_hw: tuple[int, int]) -> np.ndarray:
 @torch.no_grad()
 def predict_originals(model: torch.nn.Module, views: torch.Tensor, windows: np.ndarray,
                       orig_sizes: list[tuple[int, int]], manifest: DatasetManifest, scales: tuple[float, ...],
-                      blur_sigma: float = 3.0, steps: AuthorsSteps = ALL_STEPS) -> list[OriginalPrediction]:
+                      blur_sigma: float = 3.0, steps: AuthorsSteps = ALL_STEPS,
+                      amp_dtype: torch.dtype | None = None) -> list[OriginalPrediction]:
     """The authors' predictions for a batch, at each picture's original resolution.
 
     Args:
@@ -243,6 +236,8 @@ def predict_originals(model: torch.nn.Module, views: torch.Tensor, windows: np.n
         scales: the n test scales (1 among them).
         blur_sigma: the heatmap blur.
         steps: which of their steps to take (all: their protocol).
+        amp_dtype: autocast dtype of the network's forward passes (None = full precision); the rest
+            runs in float32/float64 either way.
     """
     b, n, _, size, _ = views.shape
     joints = model.config.num_joints
@@ -251,7 +246,8 @@ def predict_originals(model: torch.nn.Module, views: torch.Tensor, windows: np.n
     argmax = None
     for k in range(n):
         x = views[:, k]
-        direct, mirrored = model(x), model(x.flip(-1))  # two passes, as theirs (BN in eval mode)
+        with autocast(x.device, amp_dtype):
+            direct, mirrored = model(x), model(x.flip(-1))  # two passes, as theirs (BN in eval mode)
         both = torch.cat([direct.pose[-1].float(), flip_heatmaps(mirrored.pose[-1].float(),
                                                                   manifest.joint_flip_index())])[:, :joints]
         up = F.interpolate(both, size=(size, size), mode="bilinear", align_corners=False)

@@ -7,7 +7,9 @@ user error, as is asking for a GPU that is not there.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -54,15 +56,37 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 def amp_dtype(mode: str, device: torch.device, option: str = "--amp") -> torch.dtype | None:
     """The autocast dtype for an ``--amp`` mode on ``device``, or None for full precision.
 
-    Mixed precision is used on CUDA only. ``auto`` is bf16 where the GPU supports it (else full
-    precision); ``bf16`` and ``fp16`` are taken as asked; ``off`` is full precision.
+    ``bf16`` and ``fp16`` are taken as asked, on a GPU and on the CPU alike (CPU autocast: the GPU's
+    dtype flow anywhere, and the speed of CPUs with native bfloat16); ``auto`` is bf16 on a GPU that
+    supports it and full precision elsewhere (the CPU included); ``off`` is full precision.
     """
     if mode not in AMP_MODES:
         raise MulaError(f"{option} {mode!r} is unknown; use one of {', '.join(AMP_MODES)}")
-    if device.type != "cuda" or mode == "off":
+    if mode == "off":
         return None
     if mode == "fp16":
         return torch.float16
-    if mode == "bf16" or torch.cuda.is_bf16_supported():
+    if mode == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``'s type; with None a full-precision region (autocast switched
+    off, also inside an outer autocast). The one rule for the training step, the loss-balance
+    measurement and the network's forward at test time.
+
+    A device type without autocast (``meta``, where the tests check device placement) has nothing to
+    switch off: None is then a plain region.
+    """
+    device_type = device if isinstance(device, str) else device.type
+    if dtype is None and not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``float32`` for full precision, else the autocast dtype's name (``bfloat16``, ``float16``)."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")

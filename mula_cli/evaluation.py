@@ -21,9 +21,15 @@ from torch.utils.data import DataLoader, Subset
 
 from mula_cli.authors_protocol import predict_originals as predict_authors
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
-from mula_cli.data.transforms import apply_affine, invert_affine
 from mula_cli.errors import MulaError
-from mula_cli.inference import AUTHORS, InferenceOptions, ScaleViews, predict_batch, to_original
+from mula_cli.inference import (
+    AUTHORS,
+    InferenceOptions,
+    OriginalPrediction,
+    ScaleViews,
+    predict_batch,
+    to_originals,
+)
 from mula_cli.manifests import DatasetManifest
 from mula_cli.metrics import ParsingMetrics, PoseMetrics
 from mula_cli.multi_person_metrics import MultiPersonPoseAP
@@ -59,31 +65,19 @@ class EvalResult:
         return out
 
 
-Found = tuple[torch.Tensor, np.ndarray, np.ndarray, "list[Person] | None"]
-
-
 def _predict_originals(model: torch.nn.Module, x: torch.Tensor, batch: dict, manifest: DatasetManifest,
-                       options: InferenceOptions) -> list[Found]:
-    """(labels (H, W), joints (J, 2), scores (J,), people or None) of each picture of a batch at its
-    original resolution."""
+                       options: InferenceOptions, amp_dtype: torch.dtype | None) -> list[OriginalPrediction]:
+    """Each picture of a batch at its original resolution (the network under ``amp_dtype`` autocast,
+    everything after it in float32)."""
     sizes = [tuple(int(v) for v in hw) for hw in batch["orig_size"]]
     if options.protocol == AUTHORS:
-        found = predict_authors(model, batch["views"].to(x.device), batch["windows"].numpy(), sizes, manifest,
-                                options.scales, options.blur_sigma)
-        return [(p.labels, p.joints, p.scores, None) for p in found]
+        return predict_authors(model, batch["views"].to(x.device), batch["windows"].numpy(), sizes, manifest,
+                               options.scales, options.blur_sigma, amp_dtype=amp_dtype)
     views = None
     if "views" in batch:
         views = ScaleViews(batch["views"].to(x.device), batch["view_affines"].numpy(), batch["affine"].numpy())
-    pred = predict_batch(model, x, manifest, options, views=views)
-    coords, scores = pred.joints.cpu().numpy(), pred.scores.float().cpu().numpy()
-    out = []
-    for i, (h, w) in enumerate(sizes):
-        affine = batch["affine"][i].numpy()
-        back = invert_affine(affine)
-        joints = apply_affine(coords[i].astype(np.float64), back)
-        people = None if pred.people is None else [person.transformed(back) for person in pred.people[i]]
-        out.append((to_original(pred.labels[i], affine, (h, w)), joints, scores[i], people))
-    return out
+    pred = predict_batch(model, x, manifest, options, views=views, amp_dtype=amp_dtype)
+    return to_originals(pred, batch["affine"].numpy(), sizes, clip=False)
 
 
 def eval_loader(cache_path: Path, split: str, input_size: int, stride: int, *, batch_size: int, workers: int,
@@ -117,7 +111,8 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
         loader: evaluation batches.
         manifest: classes, joints, mirror pairs and metric definitions of the dataset.
         options: test-time flip and scales.
-        amp_dtype: autocast dtype on CUDA (None = full precision).
+        amp_dtype: autocast dtype of the network's forward pass, on the model's device (None = full
+            precision); decoding and scoring run in float32 either way.
         progress: called with the number of images done after each batch.
         on_prediction: receives each image's prediction at original resolution (e.g. to save it).
         pose_reference: multi-person mAP's reference distance (see mula_cli.multi_person_metrics).
@@ -137,21 +132,19 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
     start = time.perf_counter()
     for batch in loader:
         x = batch["image"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None and device.type == "cuda"):
-            predictions = _predict_originals(model, x, batch, manifest, options)
-        for i, (labels, joints, scores, found) in enumerate(predictions):
+        for i, found in enumerate(_predict_originals(model, x, batch, manifest, options, amp_dtype)):
             gt = batch["orig_parsing"][i]
             if gt is not None:
-                parsing.update(labels, torch.from_numpy(gt))
+                parsing.update(found.labels, torch.from_numpy(gt))
             people = batch["orig_joints"][i]
             if isinstance(pose, MultiPersonPoseAP):
-                pose.update([p.joints for p in found], people, gt_boxes=batch["orig_boxes"][i],
-                            person_scores=np.array([p.score for p in found]))
+                pose.update([p.joints for p in found.people], people, gt_boxes=batch["orig_boxes"][i],
+                            person_scores=np.array([p.score for p in found.people]))
             elif pose is not None and len(people):
-                pose.update(joints, people[0])
+                pose.update(found.joints, people[0])
             if on_prediction is not None:
-                on_prediction(ImagePrediction(batch["id"][i], labels.to(torch.uint8).cpu().numpy(), joints, scores,
-                                              found))
+                on_prediction(ImagePrediction(batch["id"][i], found.labels.to(torch.uint8).cpu().numpy(), found.joints,
+                                              found.scores, found.people))
         images += x.shape[0]
         if progress is not None:
             progress(x.shape[0])

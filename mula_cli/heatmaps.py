@@ -84,8 +84,9 @@ def decode_argmax(heatmaps: Tensor, stride: int) -> tuple[Tensor, Tensor]:
     """
     b, j, h, w = heatmaps.shape
     scores, index = heatmaps.reshape(b, j, h * w).max(dim=-1)
-    ys = torch.div(index, w, rounding_mode="floor").to(heatmaps.dtype)
-    xs = (index % w).to(heatmaps.dtype)
+    # float32 whatever the maps' dtype: bfloat16 has 8 bits of mantissa, so x = 301 would read 300
+    ys = torch.div(index, w, rounding_mode="floor").to(torch.float32)
+    xs = (index % w).to(torch.float32)
     coords = torch.stack([xs, ys], dim=-1) * stride + (stride / 2.0 - 0.5)
     return coords, scores
 
@@ -129,12 +130,16 @@ def decode_official(heatmaps: Tensor, input_size: tuple[int, int], blur_sigma: f
         blur_sigma: blur sigma in input pixels.
 
     Returns:
-        coords (B, J, 2) in input pixels and scores (B, J) (the blurred maxima).
+        coords (B, J, 2) in input pixels and scores (B, J) (the blurred maxima), float32.
+
+    Always float32, also when called under autocast (which would run the blur's convolutions in
+    bfloat16: flat tops then tie and the first maximum wins, an up-left bias of about a pixel).
     """
-    maps = F.interpolate(heatmaps.float(), size=input_size, mode="bilinear", align_corners=False)
-    if blur_sigma > 0:
-        maps = gaussian_blur(maps, blur_sigma)
-    return decode_argmax(maps, 1)
+    with torch.autocast(heatmaps.device.type, enabled=False):
+        maps = F.interpolate(heatmaps.float(), size=input_size, mode="bilinear", align_corners=False)
+        if blur_sigma > 0:
+            maps = gaussian_blur(maps, blur_sigma)
+        return decode_argmax(maps, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +181,3 @@ def flip_logits(logits: Tensor, flip_lut: np.ndarray) -> Tensor:
     index = [int(flip_lut[k]) for k in range(logits.shape[1])]
     return logits.flip(-1)[:, index]
 
-
-def heatmap_size(input_size: int, stride: int) -> int:
-    """Heatmap side for an input side (the encoders reduce exactly by ``stride``)."""
-    return int(math.ceil(input_size / stride))

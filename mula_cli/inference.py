@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mula_cli.data.transforms import apply_affine, invert_affine
+from mula_cli.devices import autocast
 from mula_cli.errors import MulaError
 from mula_cli.heatmaps import decode_official, flip_heatmaps, flip_logits
 from mula_cli.manifests import DatasetManifest
@@ -92,13 +94,15 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def _view_outputs(model: torch.nn.Module, x: Tensor, manifest: DatasetManifest,
-                  options: InferenceOptions) -> tuple[Tensor, Tensor, Tensor | None]:
+def _view_outputs(model: torch.nn.Module, x: Tensor, manifest: DatasetManifest, options: InferenceOptions,
+                  amp_dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Final-stage joint heatmaps (B, J, h, w), parsing logits (B, K, h, w) and centroid offsets
-    (B, 2J, h, w; None without the partition branch) of one window each, flip-averaged as the options ask."""
+    (B, 2J, h, w; None without the partition branch) of one window each, flip-averaged as the options ask,
+    in float32 (the network alone runs under ``amp_dtype`` autocast)."""
     joints = model.config.num_joints
     flip = options.pose_flip or options.parsing_flip
-    out = model(torch.cat([x, x.flip(-1)]) if flip else x)
+    with autocast(x.device, amp_dtype):
+        out = model(torch.cat([x, x.flip(-1)]) if flip else x)
     pose, parsing = out.pose[-1].float(), out.parsing[-1].float()
     offsets = out.offsets[-1].float() if out.offsets else None
     b = x.shape[0]
@@ -150,7 +154,8 @@ def _grid_points(count: int, step: float, offset: float) -> np.ndarray:
 
 @torch.no_grad()
 def predict_batch(model: torch.nn.Module, images: Tensor, manifest: DatasetManifest,
-                  options: InferenceOptions = InferenceOptions(), views: ScaleViews | None = None) -> BatchPrediction:
+                  options: InferenceOptions = InferenceOptions(), views: ScaleViews | None = None,
+                  amp_dtype: torch.dtype | None = None) -> BatchPrediction:
     """Run the model on (B, 3, S, S) letterboxed images (uint8 or 0..255 float) and fuse the outputs.
 
     Args:
@@ -159,23 +164,32 @@ def predict_batch(model: torch.nn.Module, images: Tensor, manifest: DatasetManif
         manifest: gives the mirror pairs for flip averaging.
         options: flip / multi-scale choices (``protocol`` must be the default one here).
         views: the picture at every scale of ``options.scales``; needed unless the scales are (1,).
+        amp_dtype: autocast dtype of the network's forward passes (None = full precision). Fusion,
+            upsampling, softmax, decoding and grouping run in float32 either way, also when the caller
+            wraps this call in an autocast region.
     """
     if options.protocol != DEFAULT:
         raise ValueError(f"predict_batch runs the default protocol, not {options.protocol!r}")
+    with autocast(images.device, None):
+        return _predict_batch(model, images, manifest, options, views, amp_dtype)
+
+
+def _predict_batch(model: torch.nn.Module, images: Tensor, manifest: DatasetManifest, options: InferenceOptions,
+                   views: ScaleViews | None, amp_dtype: torch.dtype | None) -> BatchPrediction:
     cfg = model.config
     size = images.shape[-1]
     cells = size // cfg.stride
     if views is None:
         if tuple(options.scales) != (1.0,):
             raise ValueError("multi-scale testing needs the picture at each scale: pass views (scale_views)")
-        heat, logits, offsets = _view_outputs(model, images, manifest, options)
+        heat, logits, offsets = _view_outputs(model, images, manifest, options, amp_dtype)
         fused_logits = upsample_logits(logits, (size, size))
     else:
         heat_sum = heat_n = logit_sum = logit_n = offset_sum = None
         heat_points = _grid_points(cells, cfg.stride, cfg.stride / 2 - 0.5)
         pixel_points = _grid_points(size, 1.0, 0.0)
         for k in range(views.images.shape[1]):
-            heat_k, logits_k, offsets_k = _view_outputs(model, views.images[:, k], manifest, options)
+            heat_k, logits_k, offsets_k = _view_outputs(model, views.images[:, k], manifest, options, amp_dtype)
             matrices = _base_to_view(views.affines[:, k], views.base)
             if np.allclose(matrices, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], atol=1e-9):  # the base window itself
                 h, hn = heat_k, torch.ones_like(heat_k[:, :1])
@@ -202,6 +216,42 @@ def predict_batch(model: torch.nn.Module, images: Tensor, manifest: DatasetManif
                   for i in range(len(heat_np))]
     return BatchPrediction(fused_logits.argmax(dim=1), fused_logits.softmax(dim=1), coords, scores, heat,
                            offsets, people)
+
+
+@dataclass
+class OriginalPrediction:
+    """One picture's prediction at its original resolution."""
+
+    labels: Tensor  # (H, W) int64 class ids, on the model's device
+    joints: np.ndarray  # (J, 2) x, y in the picture's pixels
+    scores: np.ndarray  # (J,) float32
+    people: list[Person] | None = None  # multi-person models: each person's joints in the picture's pixels
+
+
+def to_originals(pred: BatchPrediction, affines: np.ndarray, sizes: list[tuple[int, int]], *,
+                 clip: bool) -> list[OriginalPrediction]:
+    """Every picture of a batch prediction mapped back to its original resolution (the one map-back of
+    evaluation, the Predictor and video prediction).
+
+    Args:
+        pred: :func:`predict_batch`'s result.
+        affines: (B, 2, 3) original-to-letterbox matrices.
+        sizes: each picture's (height, width).
+        clip: keep joints inside the picture (a maximum in the letterbox padding then names the nearest
+            place inside it); scoring leaves them where the maps put them.
+    """
+    # float32 on the host: NumPy has no bfloat16, and coordinates must not be rounded to it
+    coords, scores = pred.joints.float().cpu().numpy(), pred.scores.float().cpu().numpy()
+    results = []
+    for i, hw in enumerate(sizes):
+        back = invert_affine(affines[i])
+        joints = apply_affine(coords[i].astype(np.float64), back)
+        if clip:
+            joints = np.clip(joints, 0.0, [hw[1] - 1.0, hw[0] - 1.0])
+        people = None if pred.people is None else \
+            [p.transformed(back, hw if clip else None) for p in pred.people[i]]
+        results.append(OriginalPrediction(to_original(pred.labels[i], affines[i], hw), joints, scores[i], people))
+    return results
 
 
 def to_original(labels: Tensor, affine: np.ndarray, orig_hw: tuple[int, int]) -> Tensor:

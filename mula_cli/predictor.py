@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from mula_cli.data.transforms import apply_affine, invert_affine, letterbox, scale_views
+from mula_cli.data.transforms import letterbox, scale_views
 from mula_cli.errors import MulaError
-from mula_cli.inference import InferenceOptions, ScaleViews, predict_batch, to_original
+from mula_cli.inference import InferenceOptions, ScaleViews, predict_batch, to_originals
 from mula_cli.manifests import DatasetManifest, load_manifest, manifest_from_json
 from mula_cli.partition import GroupingConfig, Person
 
@@ -180,17 +180,8 @@ class Predictor:
             images = torch.from_numpy(np.stack([v[0] for v in views]).transpose(0, 1, 4, 2, 3).copy())
             scaled = ScaleViews(to_device(images, self.device), np.stack([v[1] for v in views]), np.stack(affines))
         pred = predict_batch(self.model, batch, self.manifest, self.options, views=scaled)
-        coords, scores = pred.joints.cpu().numpy(), pred.scores.float().cpu().numpy()
-        results = []
-        for i, (m, hw) in enumerate(zip(affines, sizes)):
-            labels = to_original(pred.labels[i], m, hw).to(torch.uint8).cpu().numpy()
-            back = invert_affine(m)
-            joints = apply_affine(coords[i].astype(np.float64), back)
-            # a maximum in the letterbox padding still names the nearest place inside the picture
-            joints = np.clip(joints, 0.0, [hw[1] - 1.0, hw[0] - 1.0])
-            people = None if pred.people is None else [p.transformed(back, hw) for p in pred.people[i]]
-            results.append(Prediction(labels, joints, scores[i], hw, people))
-        return results
+        return [Prediction(found.labels.to(torch.uint8).cpu().numpy(), found.joints, found.scores, hw, found.people)
+                for found, hw in zip(to_originals(pred, np.stack(affines), sizes, clip=True), sizes)]
 
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -97,7 +97,9 @@ def test_one_amp_rule_for_training_and_evaluation(monkeypatch: pytest.MonkeyPatc
     from mula_cli.devices import amp_dtype
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert {amp_dtype(mode, cpu) for mode in ("auto", "off", "bf16", "fp16")} == {None}  # autocast on CUDA only
+    # asked for, bf16 and fp16 run on the CPU too (CPU autocast); auto stays full precision there
+    assert [amp_dtype(mode, cpu) for mode in ("auto", "off", "bf16", "fp16")] == [None, None, torch.bfloat16,
+                                                                                 torch.float16]
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert (amp_dtype("auto", gpu), amp_dtype("off", gpu), amp_dtype("fp16", gpu)) == (torch.bfloat16, None,
                                                                                        torch.float16)
@@ -105,6 +107,17 @@ def test_one_amp_rule_for_training_and_evaluation(monkeypatch: pytest.MonkeyPatc
     assert amp_dtype("auto", gpu) is None and amp_dtype("bf16", gpu) == torch.bfloat16
     with pytest.raises(MulaError, match="--amp 'half' is unknown"):
         amp_dtype("half", cpu)
+
+
+def test_autocast_is_one_rule_and_none_switches_it_off() -> None:
+    from mula_cli.devices import autocast, precision_name
+
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3)
+    with autocast(torch.device("cpu"), torch.bfloat16):
+        assert torch.nn.functional.conv2d(x, w).dtype == torch.bfloat16
+        with autocast("cpu", None):  # a full-precision region inside an autocast one
+            assert torch.nn.functional.conv2d(x, w).dtype == torch.float32
+    assert [precision_name(d) for d in (None, torch.bfloat16, torch.float16)] == ["float32", "bfloat16", "float16"]
 
 
 def test_evaluate_measures_in_fp32_unless_asked(tiny_weights: Path) -> None:

@@ -34,13 +34,13 @@ def evaluate(
     pose_reference: str = typer.Option("head", "--pose-reference", help="Multi-person mAP: the distance a joint must fall within half of: head (head-top to neck of the annotated person; 0.13 x the box diagonal where either is missing) or box (always 0.13 x the box diagonal).", rich_help_panel="Multi-person"),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0, help="Data-loading processes. Default: 4, at most one per CPU core."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    amp: str = typer.Option("off", "--amp", help="Mixed precision on CUDA: off|auto|bf16|fp16 (off: fp32, so the numbers do not depend on the GPU)."),
+    amp: str = typer.Option("off", "--amp", help="Mixed precision of the network's forward pass: off|auto|bf16|fp16 (GPU or CPU autocast; decoding stays fp32). Default off: fp32, so the numbers do not depend on the hardware."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout instead of tables."),
 ) -> None:
     """Score a model with the official test protocol (flip-averaged pose, single-pass parsing)."""
     from mula_cli.data.cache import CacheFile
     from mula_cli.devices import amp_dtype as resolve_amp
-    from mula_cli.devices import pick_device
+    from mula_cli.devices import pick_device, precision_name
     from mula_cli.evaluation import eval_loader, evaluate_model
     from mula_cli.inference import PROTOCOLS, InferenceOptions, parse_scales
     from mula_cli.manifests import manifest_from_json
@@ -84,6 +84,8 @@ def evaluate(
     doc = {
         "weights": str(weights), "data": str(data or manifest.name), "split": split, "images": result.images,
         "protocol": protocol_record(options, config.input_size),
+        # the network's forward pass; decoding (upsampling, blur, argmax, grouping) is always float32
+        "precision": {"network": precision_name(amp_dtype), "decoding": "float32", "device": dev.type},
         "parsing": {**result.parsing, "class_names": list(manifest.classes)},
         "pose": None if result.pose is None else {**result.pose, "joint_names": list(manifest.joints)},
         "seconds": round(result.seconds, 2),

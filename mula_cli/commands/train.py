@@ -45,7 +45,7 @@ def train(
     offset_weight: Optional[float] = typer.Option(None, "--offset-weight", help="Multi-person data: weight of the partition branch's offset loss (smooth L1) per stage. Default: 1.", rich_help_panel=OPTIM),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed. Default: 0.", rich_help_panel=OPTIM),
     device: Optional[str] = typer.Option(None, "--device", help=f"{DEVICE_CHOICES}. Default: auto.", rich_help_panel=HARDWARE),
-    amp: Optional[str] = typer.Option(None, "--amp", help=f"Mixed precision on CUDA: {'|'.join(AMP_MODES)} (auto = bf16 where supported; fp16's grad scaler reads its overflow flag on the host every step). Default: auto.", rich_help_panel=HARDWARE),
+    amp: Optional[str] = typer.Option(None, "--amp", help=f"Mixed precision of the network: {'|'.join(AMP_MODES)} (auto = bf16 on GPUs that support it, fp32 on the CPU; bf16/fp16 autocast on the CPU too when asked; fp16's grad scaler reads its overflow flag on the host every step). Default: auto.", rich_help_panel=HARDWARE),
     sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn", help="SyncBatchNorm across GPUs. Default: off.", rich_help_panel=HARDWARE),
     compile_model: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model. Default: off.", rich_help_panel=HARDWARE),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic", help="Strict deterministic algorithms and cuDNN: the same seed, data and hardware give the same weights, on CUDA too (the upsampling, cross-entropy, adaptive pool and Lovasz sums then take deterministic forms). Slower; an operation with no deterministic kernel stops the run with an error. Default: off.", rich_help_panel=HARDWARE),

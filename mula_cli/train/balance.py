@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mula_cli.devices import autocast
 from mula_cli.model.loss import mula_loss
 from mula_cli.model.mula import PARSING, POSE, MuLA
 
@@ -79,7 +80,7 @@ def measure_balance(model: MuLA, images: Tensor, heatmaps: Tensor, labels: Tenso
     flat = [p for params in streams.values() for p in params]
     saved = [b.detach().clone() for b in model.buffers()]
     try:
-        with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(images.device, amp_dtype):
             output = model(images)
         _, parts = mula_loss(output, heatmaps, labels, beta=beta, ignore_index=ignore_index, offsets=offsets,
                              offset_mask=offset_mask, offset_weight=offset_weight, lovasz_weight=lovasz_weight)

@@ -11,6 +11,7 @@ from torch.utils.data import DistributedSampler
 
 from mula_cli.data.dataset import SampleConfig
 from mula_cli.data.device_warp import warp_images
+from mula_cli.devices import autocast
 from mula_cli.model.loss import mula_loss
 from mula_cli.train.config import TrainConfig
 
@@ -44,7 +45,7 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: t
                ignore_index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step; returns the loss tensors without reading them."""
     images, heatmaps, labels, offsets, offset_mask = inputs
-    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    with autocast(images.device, amp_dtype):
         output = net(images)
     loss, parts = mula_loss(output, heatmaps, labels, beta=cfg.beta, ignore_index=ignore_index, offsets=offsets,
                             offset_mask=offset_mask, offset_weight=cfg.offset_weight, lovasz_weight=cfg.lovasz)
