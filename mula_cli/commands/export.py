@@ -16,7 +16,7 @@ def export(
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file. Default: WEIGHTS with .torchscript / .onnx."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX: accept any batch size (TorchScript always does)."),
     opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset."),
-    half: bool = typer.Option(False, "--half", help="Export float16 (needs --device cuda)."),
+    half: bool = typer.Option(False, "--half", help="Export float16 (checked against the model run in float16 with the same operations; on a GPU or a CPU)."),
     labels: bool = typer.Option(False, "--labels", help="Return parsing class ids instead of logits."),
     device: str = typer.Option("cpu", "--device", help="Device to trace and check on: cpu, cuda or cuda:N."),
 ) -> None:

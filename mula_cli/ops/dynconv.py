@@ -4,9 +4,9 @@ Every sample ``b`` of the batch is convolved with its own depthwise kernel ``wei
 (one ``h x h`` filter per channel), 'same' padding, no bias.
 
 Which implementation runs is decided at every call of :func:`dynamic_depthwise_conv2d`: TorchScript
-scripting takes the grouped convolution, tracing and ONNX export the batch-independent shift-and-add
-form; otherwise ``MULA_DYNCONV`` (read once, when first needed; :func:`set_dispatch_mode` changes it)
-picks:
+scripting takes the grouped convolution, tracing and ONNX export (and :func:`export_form`, the eager
+reference an export is checked against) the batch-independent shift-and-add form; otherwise
+``MULA_DYNCONV`` (read once, when first needed; :func:`set_dispatch_mode` changes it) picks:
 
 - ``auto`` (default): the Triton operator (``mula_cli.ops.dynconv_op``) for CUDA tensors it supports;
   on the CPU the per-sample form for channels_last tensors (the prediction fast path's layout), else
@@ -21,8 +21,10 @@ picks:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +52,7 @@ class _Dispatch:
     def __init__(self) -> None:
         self.mode = os.environ.get(DISPATCH_VARIABLE, "")
         self.verdicts: dict[tuple[int, str, torch.dtype, torch.device], str | None] = {}
+        self.export_form = False  # inside export_form(): the exported graph's form, eagerly
 
 
 _state = _Dispatch()
@@ -60,6 +63,18 @@ def set_dispatch_mode(mode: str | None = None) -> None:
     either way the Triton path is checked afresh."""
     _state.mode = os.environ.get(DISPATCH_VARIABLE, "") if mode is None else mode
     _state.verdicts.clear()
+
+
+@contextlib.contextmanager
+def export_form() -> Iterator[None]:
+    """Run the convolution eagerly in the form an export writes (shift-and-add, see dynconv_export): the
+    reference an exported file is checked against, the same operations in the same precision."""
+    before = _state.export_form
+    _state.export_form = True
+    try:
+        yield
+    finally:
+        _state.export_form = before
 
 
 def dispatch_mode() -> str:
@@ -120,7 +135,7 @@ def dynamic_depthwise_conv2d(x: Tensor, weight: Tensor) -> Tensor:
     """
     if torch.jit.is_scripting():  # first: TorchScript then compiles nothing below (not scriptable)
         return dynamic_depthwise_conv2d_grouped(x, weight)
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or _state.export_form:
         return dynamic_depthwise_conv2d_shifted(x, weight)  # batch-independent graph for export
     _check(x, weight)
     return _dispatch(x, weight)
