@@ -182,14 +182,22 @@ class _InjectedKernels:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, broken: str | None = None) -> None:
         self.forward_calls = 0
+        self.broken = broken
+        self.batches: list[int] = []  # the batch size of every forward call
         monkeypatch.setattr(dynconv, "auto_takes", lambda x: True)
         monkeypatch.setattr(dynconv_op, "triton_unsupported_reason", lambda *args: None)
         scale = {part: 1.01 if broken == part else 1.0 for part in ("forward", "input", "weight")}
 
         def forward(x, weight):
             self.forward_calls += 1
-            if broken == "compile":
+            self.batches.append(x.shape[0])
+            if self.broken == "compile":
                 raise RuntimeError("CompilationError: at 12:8: unsupported tuple in loop")
+            if self.broken == "oom":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB")
+            if self.broken == "deterministic":
+                raise RuntimeError("dynconv does not have a deterministic implementation, but you set "
+                                   "'torch.use_deterministic_algorithms(True)'")
             return dynamic_depthwise_conv2d_grouped(x, weight) * scale["forward"]
 
         monkeypatch.setattr(dynconv_op, "dynconv_forward", forward)
@@ -228,6 +236,52 @@ def test_auto_falls_back_with_one_warning_when_the_kernels_fail(monkeypatch: pyt
         warnings.simplefilter("error", dynconv.TritonFallbackWarning)  # one warning only
         assert torch.equal(dynamic_depthwise_conv2d(x, weight), dynamic_depthwise_conv2d_grouped(x, weight))
     assert kernels.forward_calls == calls  # the broken path is not tried again
+
+
+@pytest.mark.parametrize("refusal,error", [("oom", torch.OutOfMemoryError), ("deterministic", RuntimeError)])
+def test_auto_check_lets_refusals_through_and_decides_nothing(monkeypatch: pytest.MonkeyPatch, refusal: str,
+                                                               error: type) -> None:
+    """Out of memory, or deterministic mode refusing an operation, says nothing about the kernels: it is
+    raised as it is, and the next call checks again instead of pinning the grouped convolution."""
+    kernels = _InjectedKernels(monkeypatch, refusal)
+    x, weight, _ = _inputs((2, 3, 6, 7), 3, torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dynconv.TritonFallbackWarning)  # no fallback warning either
+        with pytest.raises(error):
+            dynamic_depthwise_conv2d(x, weight)
+        assert dynconv._state.verdicts == {}
+        kernels.broken = None  # memory freed, or the mode switched off
+        dynamic_depthwise_conv2d(x, weight)
+    assert dynconv._state.verdicts == {(3, "contiguous", torch.float32, x.device): None}
+
+
+def test_auto_check_runs_on_two_samples_of_a_large_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernels = _InjectedKernels(monkeypatch)
+    x, weight, _ = _inputs((6, 3, 6, 7), 3, torch.float32)
+    dynamic_depthwise_conv2d(x, weight)
+    assert kernels.batches == [2, 6]  # the check's fp64 copies stay small; then the call itself
+    assert dynconv._state.verdicts == {(3, "contiguous", torch.float32, x.device): None}
+
+
+def _auto_dispatch_runs(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, calls: list,
+                        ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Two forward and backward passes under MULA_DYNCONV=auto after a first call that runs the check (which
+    calls the operator itself): ``calls`` then counts the passes' own operator calls only."""
+    dynamic_depthwise_conv2d(x.detach(), weight.detach())  # the check, then the call
+    calls.clear()
+    x, weight = x.detach().requires_grad_(), weight.detach().requires_grad_()
+    return [torch.autograd.grad(dynamic_depthwise_conv2d(x, weight), (x, weight), grad) for _ in range(2)]
+
+
+def test_auto_dispatch_counts_replayed_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA test below, on the CPU with stand-in kernels: the check's own operator call is not counted."""
+    kernels = _InjectedKernels(monkeypatch)
+    calls: list[int] = []
+    real = dynconv_op.dynconv_forward
+    monkeypatch.setattr(dynconv_op, "dynconv_forward", lambda *args: calls.append(1) or real(*args))
+    runs = _auto_dispatch_runs(*_inputs((4, 8, 9, 9), 7, torch.float32), calls)
+    assert len(calls) == 2 and kernels.forward_calls == 4  # 1 check + 1 call, then the two counted passes
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
 def test_forced_triton_raises_the_kernels_own_failure(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -552,11 +606,8 @@ def test_cuda_auto_dispatch_uses_the_operator_and_is_deterministic(monkeypatch: 
     calls = []
     real = dynconv_op.dynconv_forward
     monkeypatch.setattr(dynconv_op, "dynconv_forward", lambda *args: calls.append(1) or real(*args))
-    x, weight, grad = _inputs((4, 64, 64, 64), 7, torch.float32, device="cuda")
-    x.requires_grad_()
-    weight.requires_grad_()
-    runs = [torch.autograd.grad(dynamic_depthwise_conv2d(x, weight), (x, weight), grad) for _ in range(2)]
-    assert len(calls) == 2
+    runs = _auto_dispatch_runs(*_inputs((4, 64, 64, 64), 7, torch.float32, device="cuda"), calls)
+    assert len(calls) == 2  # replayed on the CPU by test_auto_dispatch_counts_replayed_on_the_cpu
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
