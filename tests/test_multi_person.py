@@ -134,10 +134,13 @@ def test_evaluate_prints_parsing_and_pose_map_with_groups(trained: Path, pascal_
     for text in ("mIoU", "Upper-arms", "mAP", "Shoulder", "Ankle", "AP per joint", "head-top to neck"):
         assert text in result.output
     doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert len(doc["parsing"]["class_iou"]) == 7
-    assert set(doc["pose"]) >= {"map", "joint_ap", "groups", "reference", "threshold"}
+    assert len(doc["parsing"]["class_iou"]) == 7 and 0.0 <= doc["parsing"]["miou"] <= 100.0
+    pose = doc["pose"]
+    assert set(pose) >= {"map", "joint_ap", "groups", "reference", "threshold"}
+    assert len(pose["joint_ap"]) == 14 and pose["threshold"] == 0.5 and 0.0 <= pose["map"] <= 100.0
     people = json.loads((tmp_path / "ev" / "pred_people_synthetic_multi_person.json").read_text())
-    assert isinstance(people, list)
+    assert isinstance(people, list) and len(people) == pose["pred_people"]
+    assert all(len(p["keypoints"]) == 3 * 14 and "image_id" in p and "score" in p for p in people)
 
 
 def test_predict_writes_one_entry_per_person_in_coco_layout(trained: Path, pascal_cache: Path, tmp_path: Path) -> None:
@@ -238,10 +241,14 @@ def test_training_on_an_unprepared_pascal_names_the_prepare_command() -> None:
 
 
 def test_multi_scale_testing_fuses_the_offsets_too(trained: Path, pascal_cache: Path) -> None:
-    """`evaluate --scales --flip` runs on a multi-person model."""
+    """`evaluate --scales --flip` runs on a multi-person model and says so (the fusion's math: the unit
+    test below)."""
     result = run_cli("evaluate", trained / "weights" / "last.pt", "--data", pascal_cache, "--workers", "0",
                      "--scales", "0.75,1", "--flip", "--json")
     assert result.exit_code == 0, result.output
+    doc = json.loads(result.output[result.output.index("{"):])
+    assert doc["protocol"]["scales"] == [0.75, 1.0] and doc["protocol"]["parsing_flip"] is True
+    assert 0.0 <= doc["pose"]["map"] <= 100.0 and doc["pose"]["pred_people"] >= 0
 
 
 class _PerfectViews(torch.nn.Module):
