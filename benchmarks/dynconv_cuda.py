@@ -1,11 +1,11 @@
-"""Benchmark the per-sample depthwise convolution on a CUDA GPU (the script form of
-``mula benchmark dynconv``).
+"""Benchmark the per-sample depthwise convolution on a CUDA GPU: the script form of ``mula benchmark dynconv``.
 
 Triton vs the grouped convolution (NCHW and channels_last) over B in {8, 16, 32}, C in {256, 512},
 H=W in {32, 64}, h in {3, 7}, fp32 and bf16: forward, backward and forward+backward, each against
 max(byte floor, FMA floor) from the card's measured copy bandwidth and fp32 FMA rate; a sweep of tile
 shapes for B=16, C=256, 64x64, 7x7; the compiler's register/spill report; the hg-5s training step
-with each implementation. Prints a table and saves ``benchmarks/results/dynconv_<card>.json``.
+with each implementation. The code is :mod:`mula_cli.bench.dynconv`; this script only saves the
+result in the repository, ``benchmarks/results/dynconv_<card>.json`` (or ``--out``).
 
     python benchmarks/dynconv_cuda.py [--quick] [--sweep | --no-sweep] [--no-train] [--out PATH]
 """
@@ -16,10 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from mula_cli.bench import dynconv
 from mula_cli.errors import MulaError
 from mula_cli.files import write_json
-
-import dynconv_bench
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -36,22 +35,22 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    def save(report: dict) -> None:
-        write_json(args.out or RESULTS / dynconv_bench.default_output(report).name, report, indent=1)
+    def target(report: dict) -> Path:
+        return args.out or RESULTS / f"dynconv_{dynconv.card_name(report)}.json"
 
     try:
-        report = dynconv_bench.run(
+        report = dynconv.run(
             quick=args.quick,
             sweep=not args.quick if args.sweep is None else args.sweep,
             train=args.train,
-            save=save,
+            save=lambda report: write_json(target(report), report, indent=1),
             log=lambda line: print(line, file=sys.stderr, flush=True),
         )
     except MulaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    dynconv_bench.print_summary(report)
-    print(f"wrote {args.out or RESULTS / dynconv_bench.default_output(report).name}", file=sys.stderr)
+    dynconv.print_summary(report)
+    print(f"wrote {target(report)}", file=sys.stderr)
     return 0
 
 

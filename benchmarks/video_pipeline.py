@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mula_cli.predict_bench import machine, write_random_weights
+from mula_cli.bench.predict import machine, write_random_weights
 from mula_cli.predictor import Predictor
 from mula_cli.video import VideoWriter, open_source
 from mula_cli.video_predict import VideoOptions, VideoOutputs, predict_video

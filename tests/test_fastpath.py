@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from mula_cli.bench.predict import agreement, trained_like
 from mula_cli.fastpath import FastMuLA, onednn_fusion_available, prediction_model
 from mula_cli.model.presets import PRESET_FIELDS, build_model
 from mula_cli.ops import dynamic_depthwise_conv2d, dynamic_depthwise_conv2d_grouped
 from mula_cli.ops.dynconv import set_dispatch_mode
-from mula_cli.predict_bench import agreement, trained_like
 
 ONEDNN = [False, True] if onednn_fusion_available() else [False]
 FORMS = [(o, 1) for o in ONEDNN] + [(ONEDNN[-1], 2)]  # (oneDNN, workers): also the batch split over threads
@@ -33,12 +33,34 @@ def test_fast_model_matches_the_model(preset: str, onednn: bool, workers: int) -
     x = torch.randint(0, 256, (3, 3, 128, 128), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     with torch.no_grad():
         want, got = model(x), fast(x)
-    for a, b in zip(want.pose + want.parsing, got.pose + got.parsing):
-        assert a.shape == b.shape
-        scale = float(a.abs().max())
-        assert float((a - b).abs().max()) <= 1e-5 * max(scale, 1.0), preset
-    assert torch.equal(want.parsing[-1].argmax(1), got.parsing[-1].argmax(1))
+    _assert_outputs_agree(want, got, preset)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is left alone
+
+
+def _assert_outputs_agree(want, got, what: str) -> None:
+    """Every stage's heatmaps, logits and (partition branch) offsets within 1e-5 of their scale; same labels."""
+    assert len(want.offsets) == len(got.offsets)
+    for a, b in zip(want.pose + want.parsing + want.offsets, got.pose + got.parsing + got.offsets):
+        assert a.shape == b.shape
+        assert float((a - b).abs().max()) <= 1e-5 * max(float(a.abs().max()), 1.0), what
+    assert torch.equal(want.parsing[-1].argmax(1), got.parsing[-1].argmax(1))
+
+
+@pytest.mark.parametrize(("onednn", "workers"), FORMS, ids=lambda v: str(v))
+@pytest.mark.parametrize("preset", ["hg-tiny", "hg-2s-adapt-s1", "hg-1s-concat"])
+def test_fast_model_matches_the_model_with_the_partition_branch(preset: str, onednn: bool, workers: int) -> None:
+    """Multi-person models: the offsets the grouping reads come through the fast path too."""
+    from mula_cli.manifests import load_manifest
+    from mula_cli.model.presets import dataset_overrides
+
+    overrides = dataset_overrides(load_manifest("pascal_person_part"))
+    model = trained_like(build_model(preset, width=16, input_size=128, **overrides), seed=3).eval()
+    fast = FastMuLA(model, onednn=onednn, workers=workers).eval()
+    x = torch.randint(0, 256, (3, 3, 128, 128), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    with torch.no_grad():
+        want, got = model(x), fast(x)
+    assert want.offsets and float(want.offsets[-1].abs().max()) > 0
+    _assert_outputs_agree(want, got, preset)
 
 
 @pytest.mark.parametrize("onednn", ONEDNN, ids=lambda v: f"onednn={v}")
@@ -82,7 +104,7 @@ def _pictures(count: int) -> list[tuple[Image.Image, tuple[int, int]]]:
 
 @pytest.fixture(scope="module")
 def trained_like_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mula_cli.predict_bench import write_random_weights
+    from mula_cli.bench.predict import write_random_weights
 
     return write_random_weights(tmp_path_factory.mktemp("w") / "tiny.pt", "hg-tiny", seed=2)
 

@@ -1,16 +1,13 @@
 """``mula benchmark``: measure mula's operations on this machine (prediction on any device; dynconv on a GPU).
 
-The dynamic-convolution benchmarks are not part of the library: they live in the repository's
-``benchmarks/`` folder (next to ``mula_cli/``), and ``mula benchmark dynconv`` is a thin front end that
-loads them from there.
+The measurements live in :mod:`mula_cli.bench`. Results go to ``--out``, or by default to a new run
+folder like ``mula train``'s: ``runs/benchmark/exp``, ``exp2``, ... (``--project``/``--name``), created
+when the first result is saved, so that a refused run leaves no empty folder.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Optional
 
 import typer
@@ -19,30 +16,29 @@ from mula_cli.errors import MulaError
 
 app = typer.Typer(help="Measure mula's operations on this machine.", no_args_is_help=True)
 
-
-def benchmarks_folder() -> Path:
-    """The repository's ``benchmarks/`` folder; MulaError when mula was installed without it (a wheel)."""
-    folder = Path(__file__).resolve().parents[2] / "benchmarks"
-    if not (folder / "dynconv_bench.py").is_file():
-        raise MulaError(
-            f"mula benchmark runs the scripts in the repository's benchmarks/ folder, which is not at {folder}; "
-            "run it from a clone of the repository (pip install -e .)"
-        )
-    return folder
+PROJECT = Path("runs/benchmark")
 
 
-def load_benchmark(name: str) -> ModuleType:
-    """Import ``benchmarks/<name>.py`` (its siblings import each other by plain name, as scripts do)."""
-    folder = str(benchmarks_folder())
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    return importlib.import_module(name)
+class ResultFile:
+    """Where a benchmark's JSON goes: ``out``, or ``<project>/<name>/<stem>_<suffix>.json`` in a run folder
+    made on the first save (the suffix, the device or card, may only be known once the run has started)."""
+
+    def __init__(self, out: Optional[Path], project: Path, name: Optional[str], stem: str) -> None:
+        self.out, self.project, self.name, self.stem = out, project, name, stem
+        self.path: Optional[Path] = out
+
+    def save(self, report: dict, suffix: str) -> Path:
+        from mula_cli.files import next_dir, write_json
+
+        if self.path is None:
+            self.path = next_dir(self.project, self.name) / f"{self.stem}_{suffix}.json"
+        return write_json(self.path, report, indent=1)
 
 
 @app.command("dynconv")
 def dynconv(
     out: Optional[Path] = typer.Option(
-        None, "--out", help="JSON file for the results (default: dynconv_<card>.json)."
+        None, "--out", help="JSON file for the results (default: runs/benchmark/expN/dynconv_<card>.json)."
     ),
     quick: bool = typer.Option(
         False, "--quick", help="Only B=16, C=256, 64x64 (3x3 and 7x7); fewer repeats."
@@ -51,21 +47,24 @@ def dynconv(
         None, "--sweep/--no-sweep", help="Also time other tilings of the key case. Default: on, off with --quick."
     ),
     train: bool = typer.Option(True, "--train/--no-train", help="Also time the hg-5s training step."),
+    project: Path = typer.Option(PROJECT, "--project", help="Folder of benchmark runs (without --out)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name under --project (auto-incremented). Default: exp."),
 ) -> None:
     """Time the per-sample depthwise convolution (Triton vs grouped convolution) against the card's floors (needs a CUDA GPU)."""
+    from mula_cli.bench import dynconv as bench
     from mula_cli.console import err
-    from mula_cli.files import write_json
 
-    bench = load_benchmark("dynconv_bench")
+    target = ResultFile(out, project, name, "dynconv")
 
     def save(report: dict) -> None:  # after every case: a run cut short keeps what it measured
-        write_json(out or bench.default_output(report), report, indent=1)
+        target.save(report, bench.card_name(report))
 
     report = bench.run(
-        quick=quick, sweep=not quick if sweep is None else sweep, train=train, save=save, log=lambda line: err.print(line, highlight=False)
+        quick=quick, sweep=not quick if sweep is None else sweep, train=train, save=save,
+        log=lambda line: err.print(line, highlight=False),
     )
     bench.print_summary(report)
-    err.print(f"wrote {out or bench.default_output(report)}")
+    err.print(f"wrote {target.path}", highlight=False, soft_wrap=True)
 
 
 @app.command("predict")
@@ -77,18 +76,21 @@ def predict(
     device: str = typer.Option("cpu", "--device", help="cpu|cuda|auto."),
     bf16: bool = typer.Option(False, "--bf16", help="Also time the fast path in bfloat16 (autocast), against eager float32."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for PyTorch (default: its own choice)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="JSON file (default: benchmarks/results/predict_<device>.json)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="JSON file (default: runs/benchmark/expN/predict_<device>.json)."
+    ),
+    project: Path = typer.Option(PROJECT, "--project", help="Folder of benchmark runs (without --out)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name under --project (auto-incremented). Default: exp."),
 ) -> None:
     """Time prediction per picture end to end: the fast path against the plain eager float32 model."""
     import tempfile
 
     import torch
 
-    from mula_cli import predict_bench
+    from mula_cli.bench import predict as bench
     from mula_cli.console import err
     from mula_cli.console import out as stdout
     from mula_cli.devices import pick_device
-    from mula_cli.files import write_json
 
     try:
         sizes = tuple(int(b) for b in batches.split(","))
@@ -99,10 +101,10 @@ def predict(
     if threads is not None:
         torch.set_num_threads(threads)
     device_name = pick_device(device).type
-    target = out or predict_bench.DEFAULT_RESULTS / f"predict_{device_name}.json"
+    target = ResultFile(out, project, name, "predict")
 
     def save(report: dict) -> None:  # after every case: a run cut short keeps what it measured
-        write_json(target, report, indent=1)
+        target.save(report, device_name)
 
     with tempfile.TemporaryDirectory(prefix="mula-bench-") as tmp:
         if weights is None:
@@ -111,10 +113,10 @@ def predict(
             if preset not in PRESET_FIELDS:
                 raise MulaError(f"unknown model preset '{preset}'; `mula models` lists them")
             err.print(f"writing random {preset} weights and {max(sizes)} photos ...", highlight=False)
-            weights = predict_bench.write_random_weights(Path(tmp) / f"{preset}.pt", preset)
-        photos = predict_bench.write_photos(Path(tmp) / "photos", max(sizes))
-        report = predict_bench.run(weights, photos, batches=sizes, repeats=repeats, device=device, bf16=bf16,
-                                   log=lambda line: err.print(line, highlight=False), save=save)
-    for line in predict_bench.summary(report):
+            weights = bench.write_random_weights(Path(tmp) / f"{preset}.pt", preset)
+        photos = bench.write_photos(Path(tmp) / "photos", max(sizes))
+        report = bench.run(weights, photos, batches=sizes, repeats=repeats, device=device, bf16=bf16,
+                           log=lambda line: err.print(line, highlight=False), save=save)
+    for line in bench.summary(report):
         stdout.print(line, highlight=False)
-    stdout.print(f"wrote {target}")
+    stdout.print(f"wrote {target.path}", highlight=False, soft_wrap=True)

@@ -7,13 +7,16 @@ adapted stage; ``op_share`` sets the step's measured saving against what those c
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
 
 from mula_cli.errors import MulaError
 
-import dynconv_bench
+
+class StepTimer(Protocol):  # mula_cli.bench.dynconv.Timer; not imported, so that module may import this one
+    def median_ms(self, fn: Callable[[], object]) -> float: ...
 
 
 @contextlib.contextmanager
@@ -28,24 +31,22 @@ def dispatch_mode(mode: str) -> Iterator[None]:
         dynconv.set_dispatch_mode()
 
 
-def train_step(preset: str = "hg-5s", batch: int = 16, size: int = 256, steps: int = 10) -> dict:
+def train_step(timer: StepTimer, device: str = "cuda", preset: str = "hg-5s", batch: int = 16,
+               size: int = 256) -> dict:
     """Median training-step time of a model (the full hg-5s) with each implementation, fp32 and bf16
-    autocast."""
-    try:
-        from mula_cli.model.loss import IGNORE_INDEX, mula_loss
-        from mula_cli.model.presets import build_model
-    except ImportError as exc:
-        return {"error": f"the model package is not available ({exc}); nothing measured"}
+    autocast, timed by ``timer`` on ``device``."""
+    from mula_cli.model.loss import IGNORE_INDEX, mula_loss
+    from mula_cli.model.presets import build_model
     from mula_cli.ops import dynconv
 
     torch.manual_seed(0)
-    model = build_model(preset, num_classes=20, num_joints=16).to(dynconv_bench.DEVICE).train()
+    model = build_model(preset, num_classes=20, num_joints=16).to(device).train()
     optimizer = torch.optim.RMSprop(model.parameters(), lr=2.5e-4)
-    image = torch.rand(batch, 3, size, size, device=dynconv_bench.DEVICE) * 255
+    image = torch.rand(batch, 3, size, size, device=device) * 255
     with torch.no_grad():
         first = model(image)
     heatmaps = torch.rand_like(first.pose[-1])
-    parsing = torch.randint(0, 20, (batch, size, size), device=dynconv_bench.DEVICE)
+    parsing = torch.randint(0, 20, (batch, size, size), device=device)
     parsing[:, :16] = IGNORE_INDEX  # some ignored pixels, as in real labels
 
     calls = []
@@ -59,12 +60,11 @@ def train_step(preset: str = "hg-5s", batch: int = 16, size: int = 256, steps: i
 
     def step(autocast: bool) -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(dynconv_bench.DEVICE, dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             total, _ = mula_loss(model(image), heatmaps, parsing)
         total.backward()
         optimizer.step()
 
-    timer = dynconv_bench.Timer(warmup_ms=3 * 300, rep_ms=steps * 300)  # a step is ~0.2-0.3 s
     result = {
         "preset": preset,
         "batch": batch,

@@ -1,5 +1,9 @@
 """The card's fp32 FMA rate, measured: the arithmetic ceiling the dynamic-convolution benchmark sets its
-cases against (the kernels accumulate in fp32 for every input dtype, so the fp32 rate applies)."""
+cases against (the kernels accumulate in fp32 for every input dtype, so the fp32 rate applies).
+
+Imports Triton at the top (a ``@triton.jit`` kernel is defined here): import this module only where a
+GPU is about to be used, as :func:`mula_cli.bench.dynconv.run` does.
+"""
 
 from __future__ import annotations
 

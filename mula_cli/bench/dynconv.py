@@ -8,7 +8,7 @@ key case's forward+backward also replayed as a CUDA graph (``do_bench_cudagraph`
 Each case is set against its floor: max(bytes that must move / measured copy bandwidth, FMAs /
 measured fp32 FMA rate). The Triton columns fail, rather than quietly time the grouped fallback,
 when the kernels cannot take a case. The end-to-end training step of the full ``hg-5s`` model with
-each implementation is in ``dynconv_bench_step``.
+each implementation is in :mod:`mula_cli.bench.dynconv_step`, which this module uses (never the reverse).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -304,7 +303,7 @@ def run(
         )
     import triton
 
-    from fma_probe import measure_fma_rate
+    from mula_cli.bench.fma import measure_fma_rate
 
     props = torch.cuda.get_device_properties(0)
     timer = Timer(warmup_ms=10, rep_ms=40) if quick else Timer()
@@ -356,10 +355,12 @@ def run(
         report["tile_sweep"] = sweep_tiles(timer)
         save(report)
     if train:
-        import dynconv_bench_step
+        from mula_cli.bench import dynconv_step
 
-        report["train_step_hg5s"] = dynconv_bench_step.train_step(steps=5 if quick else 10)
-        report["op_share_of_step"] = dynconv_bench_step.op_share(report)
+        steps = 5 if quick else 10  # a step is ~0.2-0.3 s: 3 untimed, then about `steps` timed
+        step_timer = Timer(warmup_ms=3 * 300, rep_ms=steps * 300)
+        report["train_step_hg5s"] = dynconv_step.train_step(step_timer, DEVICE)
+        report["op_share_of_step"] = dynconv_step.op_share(report)
         save(report)
     return report
 
@@ -389,6 +390,6 @@ def print_summary(report: dict) -> None:
     out.print(json.dumps(summary, indent=1))
 
 
-def default_output(report: dict) -> Path:
-    card = "".join(ch if ch.isalnum() else "_" for ch in report["device"]["name"]).strip("_").lower()
-    return Path(f"dynconv_{card}.json")
+def card_name(report: dict) -> str:
+    """The card's name as a file-name part: ``NVIDIA H200 (141 GB)`` -> ``nvidia_h200__141_gb``."""
+    return "".join(ch if ch.isalnum() else "_" for ch in report["device"]["name"]).strip("_").lower()

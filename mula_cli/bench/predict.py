@@ -31,8 +31,6 @@ from torch import nn
 
 from mula_cli import __version__
 
-DEFAULT_RESULTS = Path("benchmarks/results")
-
 
 def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give ``model`` random weights with well-behaved activations through every stage (in place)."""
@@ -138,7 +136,7 @@ def run(weights: Path, photos: list[Path], *, batches: tuple[int, ...] = (1, 8),
         paths["fast_bf16"] = Predictor(weights, device, fast=True, bf16=True)
     report: dict[str, Any] = {
         "what": "Predictor.predict per picture end to end (JPEG decode, letterbox, network with pose flip, "
-                "outputs mapped back), eager float32 with the grouped-convolution dynconv vs the fast path",
+                "outputs mapped back), eager float32 vs the fast path",
         "preset": paths["fast"].config.preset, "input_size": paths["fast"].input_size, "device": device,
         "machine": machine(), "paths": {name: p.path for name, p in paths.items()}, "repeats": repeats,
         "results": [],
@@ -175,9 +173,43 @@ def run(weights: Path, photos: list[Path], *, batches: tuple[int, ...] = (1, 8),
                 f"{name}_vs_eager": agreement(outputs["eager"], outputs[name]),
             })  # fmt: skip
         report["results"].append(row)
+        # read after every batch size: the dispatch decides (and may fall back) at the first calls
+        report["dynconv"] = dynconv_paths(paths["eager"].device)
         if save is not None:
             save(report)
     return report
+
+
+def dynconv_paths(device: torch.device | str) -> str:
+    """What the dynamic convolution ran as on ``device`` in this process, read off the dispatch state
+    (:mod:`mula_cli.ops.dynconv`) after the models ran: its mode and, for CUDA under ``auto``, the
+    verdict of the Triton check of every case it met (kernel size, layout, dtype)."""
+    from mula_cli.ops import dynconv
+
+    device = torch.device(device)
+    mode = dynconv.dispatch_mode()
+    forced = f"{dynconv.DISPATCH_VARIABLE}={mode}"
+    if mode == "grouped":
+        return f"grouped convolution ({forced})"
+    if mode == "triton":
+        return f"Triton operator ({forced})"
+    if device.type != "cuda":  # auto takes the Triton path for CUDA tensors only
+        return (f"grouped convolution; one depthwise convolution per sample for channels_last batches (the fast "
+                f"path's) ({forced} on {device.type})")
+    verdicts = {key: cause for key, cause in dynconv._state.verdicts.items() if key[3].type == "cuda"}
+    if not verdicts:  # no case was checked: the kernels could not take any (e.g. Triton missing)
+        return f"grouped convolution ({forced}: the Triton kernels took no case on {device})"
+
+    def cases(keys: list) -> str:
+        return ", ".join(f"{k}x{k} {layout} {str(dtype).removeprefix('torch.')}" for k, layout, dtype, _ in keys)
+
+    good = [key for key, cause in verdicts.items() if cause is None]
+    fell_back = {key: cause for key, cause in verdicts.items() if cause is not None}
+    parts = [f"Triton operator for {cases(good)}"] if good else []
+    if fell_back:
+        first_cause = next(iter(fell_back.values()))
+        parts.append(f"grouped convolution for {cases(list(fell_back))} (auto fell back: {first_cause})")
+    return f"{'; '.join(parts)} ({forced} on {device})"
 
 
 def summary(report: dict[str, Any]) -> list[str]:
@@ -186,6 +218,8 @@ def summary(report: dict[str, Any]) -> list[str]:
               f"({report['machine']['cpu']}, {report['machine']['torch_threads']} threads)")]
     for name, path in report["paths"].items():
         lines.append(f"  {name}: {path}")
+    if "dynconv" in report:
+        lines.append(f"  dynamic convolution: {report['dynconv']}")
     for row in report["results"]:
         lines.append(f"  batch {row['batch']}: eager {row['eager_ms_per_picture']:.0f} ms per picture")
         for name in [n for n in report["paths"] if n != "eager"]:
