@@ -52,7 +52,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ BUDGET_S = {"cuda_tests": 100, "data": 15, "train_interrupted": 35, "train_resum
 TOTAL_BUDGET_S = 470  # 8 minutes less the install and start-up
 CUDA_TESTS = ("test_dynconv.py", "test_gpu_paths.py", "test_partition.py", "test_gpu_flow.py")
 TRACEBACK = r"Traceback"  # an uncaught exception anywhere fails the step, whatever its exit code
+COMPILE_FELL_BACK = r"--compile: the compiled training step failed"  # the engine went on eagerly
 FALLBACK = "TritonFallbackWarning"  # in a log: the Triton path failed on this GPU and auto fell back
 ERROR_LINE = re.compile(r"^\s*(?:[\w.]*(?:Error|Exception)(?::.*)?|error: .*|E {3}.*|FAILED .*)$", re.M)
 
@@ -247,7 +248,8 @@ def steps(plan: Plan, work: Path, out: Path, card: str) -> list[Step]:
                                        str(p.workers), "--json", *dev], metrics("map", "miou")),
         # a dry run cannot wait for Inductor on two cores: torch.compile is then switched off, the option kept
         Step("train_compile", [*train, "--epochs", "1", "--name", "compiled", "--compile"],
-             trained("compiled", 1, r"val mIoU \d"), env={} if gpu else {"TORCHDYNAMO_DISABLE": "1"}),
+             replace(trained("compiled", 1, r"val mIoU \d"), never=(COMPILE_FELL_BACK,)),
+             env={} if gpu else {"TORCHDYNAMO_DISABLE": "1"}),
         # the same seed twice: both must finish and agree bit for bit
         Step("train_deterministic", [*deterministic, "deterministic"], trained("deterministic", 1)),
         Step("train_deterministic_repeat", [*deterministic, "deterministic_repeat"], trained("deterministic_repeat", 1),

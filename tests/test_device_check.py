@@ -97,6 +97,11 @@ def test_steps_are_judged_on_what_they_show() -> None:
     wrote = {"/out/predict_nvidia_h100.json": 1}
     assert dc.judge(_expect("predict_benchmark"), 0, f"{fell_back}wrote /out/predict_nvidia_h100.json\n",
                     found=wrote)[1] == "the log shows /auto fell back/"
+    compiled, last = _expect("train_compile"), {"runs/compiled/weights/last.pt": 1}
+    epoch = "epoch 1: loss 0.1 (pose 0.02), lr 1e-4, 90.1 img/s; val mIoU 6.85, PCKh 1.92\nfinished 1 epochs; results\n"
+    assert dc.judge(compiled, 0, epoch, found=last) == ("ok", None)
+    gave_way = "--compile: the compiled training step failed on its first run (UnboundLocalError: x); training on\n"
+    assert dc.judge(compiled, 0, gave_way + epoch, found=last)[0] == "failed"  # finished, but not compiled
 
 
 def test_a_benchmark_cut_by_its_cap_is_partial_only_with_its_json() -> None:

@@ -45,6 +45,8 @@ BF16 = torch.bfloat16
 TINY = ["--model", "hg-tiny", "--width", "16", "--batch-size", "4", "--workers", "0", "--log-every", "1"]
 # what CUDA's defaults are, asked for on the CPU (channels_last is the engine's default everywhere)
 GPU_DEFAULTS = ["--amp", "bf16", "--device-augment", "--device", "cpu"]
+# the unit-sized walks also run on a real GPU where there is one (benchmarks/device_check.sh runs this file)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
 @pytest.fixture(scope="module")
@@ -112,15 +114,16 @@ def test_the_network_alone_runs_under_autocast_and_the_rest_in_float32(caches: d
     assert spy.seen[-1] is None and plain.joints.dtype == torch.float32  # None: full precision
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind,protocol", [("single", "default"), ("single", "authors"), ("multi", "default")])
-def test_evaluation_under_bf16_autocast_scores_every_picture(caches: dict[str, Path], kind: str,
-                                                             protocol: str) -> None:
+def test_evaluation_under_bf16_autocast_scores_every_picture(caches: dict[str, Path], kind: str, protocol: str,
+                                                             device: str) -> None:
     """What training-time validation does on a GPU by default (the crash: NumPy has no bfloat16)."""
     model, manifest = _model(caches[kind])
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=torch.channels_last)
     options = InferenceOptions(protocol=protocol)
     loader = eval_loader(caches[kind], "val", 128, 4, batch_size=2, workers=0, options=options)
-    with torch.autocast("cpu", dtype=BF16):  # as if a caller's autocast covered it all: decoding must not care
+    with torch.autocast(device, dtype=BF16):  # as if a caller's autocast covered it all: decoding must not care
         result = evaluate_model(model, loader, manifest, options=options, amp_dtype=BF16)
     full = evaluate_model(model, loader, manifest, options=options)
     assert result.images == full.images == 4
@@ -156,17 +159,18 @@ def test_the_training_step_keeps_to_its_device_and_never_reads_a_value(caches: d
     assert balance and all(v.device == meta for v in balance.values())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["single", "multi"])
-def test_the_training_step_under_bf16_autocast(caches: dict[str, Path], kind: str) -> None:
+def test_the_training_step_under_bf16_autocast(caches: dict[str, Path], kind: str, device: str) -> None:
     """The dtype flow of a CUDA step: bf16 network, float32 losses, float32 gradients on float32 weights."""
     cache = caches[kind]
     dataset = MulaDataset(cache, "train", SampleConfig(input_size=128, stride=4, seed=0, defer_warp=True))
     batch = next(iter(DataLoader(dataset, batch_size=2, collate_fn=collate)))
     model, manifest = _model(cache)
-    model = model.to(memory_format=torch.channels_last)
-    inputs = BatchInputs(torch.device("cpu"), 128, dataset.config)(batch)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    inputs = BatchInputs(torch.device(device), 128, dataset.config)(batch)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = torch.amp.GradScaler(device, enabled=False)
     before = [p.detach().clone() for p in model.parameters()]
     loss, parts = train_step(model, optimizer, scaler, inputs, BF16, TrainConfig(lovasz=1.0), manifest.ignore_label)
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and all(v.dtype == torch.float32 for v in parts.values())
@@ -260,6 +264,40 @@ def test_compile_traces_the_bf16_step(caches: dict[str, Path], tmp_path: Path, m
         torch._dynamo.reset()
     assert result.exit_code == 0, result.output
     assert len(compiled) == 1 and (tmp_path / "runs" / "exp" / "weights" / "best.pt").is_file()
+
+
+def test_a_compiled_step_that_fails_on_its_first_run_gives_way_to_eager(caches: dict[str, Path], tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generated code can fail where the model runs (PyTorch 2.13's Inductor C++ backend does on this model's
+    bf16 backward, after minutes of compiling): one line, then the run goes on eagerly to the end."""
+    from mula_cli.train import engine
+
+    class Compiled(torch.nn.Module):  # what torch.compile returns, standing in: a wrapper of the model
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor):
+            return self.net(x)
+
+    real_step, taken = engine._step, []
+
+    def step(model, *args):
+        taken.append(type(model).__name__)
+        if isinstance(model, Compiled):
+            raise UnboundLocalError("cannot access local variable 'buf197' where it is not associated with a value")
+        return real_step(model, *args)
+
+    monkeypatch.setattr(torch, "compile", Compiled)
+    monkeypatch.setattr(engine, "_step", step)
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("train", "--data", caches["single"], *TINY, "--device", "cpu", "--epochs", "2", "--compile",
+                     "--project", "runs")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "--compile: the compiled training step failed on its first run (UnboundLocalError" in text
+    assert taken[:2] == ["Compiled", "MuLA"] and set(taken[2:]) == {"MuLA"} and len(taken) == 5  # 2 x 2 steps + 1
+    assert "finished 2 epochs" in text
 
 
 @pytest.mark.slow

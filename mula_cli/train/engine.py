@@ -228,6 +228,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
 
     # ---- epochs ---------------------------------------------------------------------------
     parts_order = [f"s{t + 1}/{task}" for t in range(mcfg.stages) for task in tasks]
+    compiled_ran = False  # --compile: once a compiled step has run, a failure is the run's own
     with _StopFlag() as stop:
         while state.epoch < cfg.epochs:
             epoch = state.epoch
@@ -256,8 +257,17 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                         balance = measure_balance(model, *batch_inputs, beta=cfg.beta, offset_weight=cfg.offset_weight,
                                                   lovasz_weight=cfg.lovasz, ignore_index=manifest.ignore_label,
                                                   amp_dtype=amp_dtype)
-                    loss, parts = _step(step_model, optimizer, scaler, batch_inputs, amp_dtype, cfg,
-                                        manifest.ignore_label)
+                    try:
+                        loss, parts = _step(step_model, optimizer, scaler, batch_inputs, amp_dtype, cfg,
+                                            manifest.ignore_label)
+                    except Exception as exc:
+                        if step_model is net or compiled_ran:  # only the compiler's first run has a way out
+                            raise
+                        _compile_failed(exc, world)
+                        step_model = net
+                        loss, parts = _step(step_model, optimizer, scaler, batch_inputs, amp_dtype, cfg,
+                                            manifest.ignore_label)
+                    compiled_ran = True
                     running += torch.stack([loss.detach().double()] + [parts[k].detach().double() for k in parts_order])
                     state.step += 1
                     state.epoch_step += 1
@@ -312,6 +322,22 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
         if writer is not None:
             writer.close()
     return run_dir
+
+
+def _compile_failed(exc: Exception, world: World) -> None:
+    """Say in one line that the compiled step failed on its first run and training goes on without it.
+
+    The compiler's generated code can fail where the model runs fine (seen: PyTorch 2.13's Inductor C++
+    backend on this model's bf16 backward, an unbound buffer in the generated code), after minutes of
+    compiling; a run that was asked to go faster should not end in a traceback for it. The failed step
+    changed no weights (the optimizer runs after the compiled forward and backward; BatchNorm's running
+    statistics alone saw the batch once more) and is taken again eagerly.
+    """
+    if world.is_main:
+        first = " ".join(str(exc).split())[:160]
+        err.print(f"[yellow]--compile: the compiled training step failed on its first run ({type(exc).__name__}: "
+                  f"{first}); training on without compiling (a compiler problem: please report it with "
+                  "`mula info`)[/]", highlight=False)
 
 
 def _load_initial_weights(model: torch.nn.Module, path: Path) -> None:
