@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from mula_cli.devices import autocast
 from mula_cli.model.adaptation import AdaptiveResidual, StaticResidual
 from mula_cli.model.blocks import ConvBnRelu, PlainBottleneck, PostActSkip, PostRes, PreActSkip, PreRes
 from mula_cli.model.hourglass import Hourglass, HourglassStageEncoder, HourglassStem
@@ -402,7 +403,7 @@ class Bfloat16(nn.Module):
         self.config = model.config
 
     def forward(self, image: Tensor) -> ModelOutput:
-        with torch.autocast(image.device.type, dtype=torch.bfloat16):
+        with autocast(image.device, torch.bfloat16):
             out = self.model(image)
         return model_output([p.float() for p in out.pose], [p.float() for p in out.parsing],
                             [p.float() for p in out.offsets])

@@ -33,6 +33,13 @@ def single_thread():
     torch.set_num_threads(before)
 
 
+def subprocess_env() -> dict[str, str]:
+    """The environment of a ``python -m mula_cli`` subprocess: one thread (tiny tensors), unbuffered output."""
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
 def run_cli(*args: str) -> object:
     """Run ``mula ARGS`` in-process with Typer's runner and return the result (exit code, output)."""
     from typer.testing import CliRunner

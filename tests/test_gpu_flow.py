@@ -16,7 +16,6 @@ multi-person, one process and two. Where it cannot follow:
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from mula_cli.train.balance import measure_balance
 from mula_cli.train.config import TrainConfig
 from mula_cli.train.step import BatchInputs, train_step
 
-from conftest import run_cli
+from conftest import run_cli, subprocess_env
 
 BF16 = torch.bfloat16
 TINY = ["--model", "hg-tiny", "--width", "16", "--batch-size", "4", "--workers", "0", "--log-every", "1"]
@@ -184,13 +183,9 @@ def test_the_training_step_under_bf16_autocast(caches: dict[str, Path], kind: st
 # ------------------------------------------------------------------ the commands, as a GPU user runs them
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def _interrupted_then_resumed(args: list[str], cwd: Path) -> tuple[str, str]:
     """Run ``mula ARGS``, Ctrl-C it after the first epoch's line, resume it to the end; both outputs."""
-    proc = subprocess.Popen([sys.executable, "-m", "mula_cli", *args], cwd=cwd, env=_env(), text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "mula_cli", *args], cwd=cwd, env=subprocess_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen = []
     for line in proc.stdout:
@@ -202,7 +197,7 @@ def _interrupted_then_resumed(args: list[str], cwd: Path) -> tuple[str, str]:
     assert proc.returncode == 128 + signal.SIGINT, errors[-3000:]
     assert "mula train --resume" in " ".join(rest.split())
     resumed = subprocess.run([sys.executable, "-m", "mula_cli", "train", "--resume", "--project", "runs"], cwd=cwd,
-                             env=_env(), capture_output=True, text=True, timeout=600, check=False)
+                             env=subprocess_env(), capture_output=True, text=True, timeout=600, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return "".join(seen) + rest, resumed.stdout
 
@@ -307,7 +302,7 @@ def test_two_gloo_ranks_on_the_gpu_defaults(caches: dict[str, Path], tmp_path: P
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--log-dir",
            str(logs), "--redirects", "3", "-m", "mula_cli", "train", "--data", str(caches["multi"]), *TINY,
            *GPU_DEFAULTS, "--epochs", "1", "--project", "runs"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = next(logs.rglob("0/stdout.log")).read_text()
     assert "2 x cpu bfloat16" in " ".join(rank0.split()) and "pose mAP" in rank0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, subprocess_env
 
 TINY = ["--model", "hg-tiny", "--width", "16", "--batch-size", "4", "--workers", "0", "--schedule", "constant",
         "--lr", "1e-3", "--log-every", "1"]
@@ -30,12 +29,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "synthetic.h5"
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def _mula(*args: object, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mula_cli", *map(str, args)], cwd=cwd, env=_env(),
+    return subprocess.run([sys.executable, "-m", "mula_cli", *map(str, args)], cwd=cwd, env=subprocess_env(),
                           capture_output=True, text=True, timeout=600, check=False, **kwargs)
 
 
@@ -80,7 +75,7 @@ def test_interrupted_run_resumes_to_the_same_weights(cache: Path, tmp_path: Path
     assert whole.returncode == 0, whole.stderr
 
     proc = subprocess.Popen([sys.executable, "-m", "mula_cli", *map(str, args), "--project", "b"], cwd=tmp_path,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # the per-epoch line of epoch 1: epoch 2 starts right after
         if line.startswith("epoch 1:"):
             proc.send_signal(signal.SIGINT)
@@ -109,7 +104,7 @@ def test_torchrun_two_ranks_reduce_metrics_like_one_process(cache: Path, tmp_pat
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "--log-dir", str(logs), "--redirects", "3", "-m", "mula_cli", "train", "--data", str(cache), *TINY,
            "--epochs", "1", "--device", "cpu", "--project", "runs", "--batch-size", "2"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600,
+    result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600,
                             check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     rank_logs = {p.parent.name: p.read_text() for p in logs.rglob("stdout.log")}
@@ -194,7 +189,7 @@ def test_a_loss_diverging_on_one_rank_stops_every_rank_with_the_message(cache: P
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "--log-dir", str(logs), "--redirects", "3", str(script), "train", "--data", str(cache), *TINY,
            "--epochs", "1", "--device", "cpu", "--project", "runs", "--batch-size", "2"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
+    result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300,
                             check=False)
     assert result.returncode != 0
     errors = {p.parent.name: p.read_text() for p in logs.rglob("stderr.log")}
@@ -228,7 +223,7 @@ def test_resume_writes_into_the_run_the_checkpoint_names(cache: Path, tmp_path: 
 @pytest.mark.slow
 def test_sigterm_saves_and_tells_how_to_resume(cache: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "mula_cli", "train", "--data", str(cache), *TINY, "--epochs", "50",
-                             "--val-every", "50", "--project", "runs"], cwd=tmp_path, env=_env(),
+                             "--val-every", "50", "--project", "runs"], cwd=tmp_path, env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.startswith("epoch 1:"):  # 49 epochs left: the signal always lands inside the run

@@ -196,7 +196,7 @@ def dynconv_paths(device: torch.device | str) -> str:
     if device.type != "cuda":  # auto takes the Triton path for CUDA tensors only
         return (f"grouped convolution; one depthwise convolution per sample for channels_last batches (the fast "
                 f"path's) ({forced} on {device.type})")
-    verdicts = {key: cause for key, cause in dynconv._state.verdicts.items() if key[3].type == "cuda"}
+    verdicts = {key: cause for key, cause in dynconv.checked_cases().items() if key[3].type == "cuda"}
     if not verdicts:  # no case was checked: the kernels could not take any (e.g. Triton missing)
         return f"grouped convolution ({forced}: the Triton kernels took no case on {device})"
 

@@ -77,6 +77,12 @@ def export_form() -> Iterator[None]:
         _state.export_form = before
 
 
+def checked_cases() -> dict[tuple[int, str, torch.dtype, torch.device], str | None]:
+    """The verdicts of ``auto``'s Triton check so far: (kernel size, layout, dtype, device) -> None when the
+    kernels are used for that case, else why it fell back (what ``mula benchmark`` reports)."""
+    return dict(_state.verdicts)
+
+
 def dispatch_mode() -> str:
     """The dispatch mode: auto (default), triton or grouped."""
     mode = _state.mode.strip().lower() or "auto"
