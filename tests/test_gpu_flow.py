@@ -359,3 +359,11 @@ def test_cuda_random_state_travels_with_the_checkpoint(monkeypatch: pytest.Monke
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     checkpoint.set_rng_state(saved)
     assert len(restored) == 1  # two generators' states do not fit one GPU: left as they are
+
+
+def test_the_process_group_is_nccl_for_gpus_with_gloo_beside_it() -> None:
+    """CUDA tensors reduce over NCCL, CPU tensors (the stop flag's agreement on a GPU run) over gloo."""
+    from mula_cli.train.distributed import process_group_backend
+
+    assert process_group_backend(torch.device("cuda", 1)) == "cpu:gloo,cuda:nccl"
+    assert process_group_backend(torch.device("cpu")) == "gloo"
