@@ -3,6 +3,7 @@ a one-line message with exit code 2 (no traceback)."""
 
 from __future__ import annotations
 
+import signal
 from typing import Optional
 
 import typer
@@ -10,6 +11,7 @@ from typer.core import TyperGroup
 
 from mula_cli import __version__
 from mula_cli.errors import MulaError
+from mula_cli.interrupts import raising_on_stop_signals, signal_number
 
 # Options whose value may be left out, and what they mean then (click has no optional values).
 _OPTIONAL_VALUES = {"--resume": "last"}
@@ -31,12 +33,19 @@ class _ReportingGroup(TyperGroup):
 
     def invoke(self, ctx: typer.Context):  # typer.Context is click's Context
         try:
-            return super().invoke(ctx)
+            with raising_on_stop_signals():  # SIGTERM (a scheduler, docker stop) stops like Ctrl-C
+                return super().invoke(ctx)
         except MulaError as exc:
             from mula_cli.console import err
 
             err.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:  # every output is written atomically: what exists is whole
+            from mula_cli.console import err
+
+            signum = signal_number(exc)
+            err.print(f"\n[yellow]interrupted ({signal.Signals(signum).name})[/]", highlight=False)
+            ctx.exit(128 + signum)
 
 
 app = typer.Typer(

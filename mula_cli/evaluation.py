@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Subset
 
 from mula_cli.authors_protocol import predict_originals as predict_authors
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
+from mula_cli.data.loader import WorkerLoader
 from mula_cli.errors import MulaError
 from mula_cli.inference import (
     AUTHORS,
@@ -94,7 +95,7 @@ def eval_loader(cache_path: Path, split: str, input_size: int, stride: int, *, b
     dataset = MulaDataset(cache_path, split, config, limit=limit)
     if world > 1:
         dataset = Subset(dataset, range(rank, len(dataset), world))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+    return WorkerLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
 

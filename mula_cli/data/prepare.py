@@ -26,6 +26,7 @@ from mula_cli.data.layout import Issue, SplitSources, discover_split, resolve_la
 from mula_cli.data.samples import SampleRecord, SampleRules, load_sample
 from mula_cli.errors import MulaError
 from mula_cli.files import atomic_write, write_json
+from mula_cli.interrupts import ignore_stop_signals, starting_workers
 from mula_cli.manifests import DatasetManifest
 from mula_cli.paths import default_cache_path
 
@@ -158,8 +159,10 @@ def _records(src: SplitSources, rules: SampleRules, workers: int | None) -> Iter
         for sample in src.samples:
             yield record_sample(sample, rules)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(record_sample, src.samples, repeat(rules), chunksize=16)
+    with ProcessPoolExecutor(max_workers=workers, initializer=ignore_stop_signals) as pool:
+        with starting_workers():  # submitting starts the workers (see mula_cli.interrupts)
+            results = pool.map(record_sample, src.samples, repeat(rules), chunksize=16)
+        yield from results
 
 
 def record_sample(sample, rules: SampleRules) -> SampleRecord:

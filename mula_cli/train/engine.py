@@ -22,15 +22,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 from mula_cli.console import err, out
 from mula_cli.data.cache import CacheFile, resolve_cache
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
+from mula_cli.data.loader import WorkerLoader
 from mula_cli.data.transforms import AUGMENTATIONS
 from mula_cli.devices import amp_dtype as resolve_amp
 from mula_cli.errors import MulaError
 from mula_cli.files import write_json
+from mula_cli.interrupts import STOP_SIGNALS, Interrupted, this_process_only
 from mula_cli.manifests import DatasetManifest
 from mula_cli.model.mula import MuLA
 from mula_cli.model.presets import build_model, dataset_overrides
@@ -63,26 +65,32 @@ class TrainingStopped(MulaError):
 
 class _StopFlag:
     """First Ctrl-C or SIGTERM (how SLURM and Kubernetes pre-empt a job): finish the current step, save
-    and exit. A second one: stop at once."""
+    and exit. A second one: stop at once, unless it is an echo of the first: a scheduler signals every
+    process of the job, and torchrun's agent, being one of them, then forwards the signal to each rank."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = STOP_SIGNALS
+    ECHO_S = 2.0  # a repeat this soon after the first signal is the same stop
 
     def __init__(self) -> None:
         self.raised = False
+        self.first_at = 0.0
         self.signal = signal.SIGINT  # the first one received (an interrupt agreed from another rank: SIGINT)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
         try:
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+            handle = this_process_only(self._handle)  # a forked DataLoader worker inherits it
+            self._previous = {sig: signal.signal(sig, handle) for sig in self.SIGNALS}
         except ValueError:  # not the main thread (e.g. embedded use): keep the default behaviour
             self._previous = {}
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.raised:
-            raise KeyboardInterrupt
-        self.raised = True
+            if time.monotonic() - self.first_at < self.ECHO_S:
+                return
+            raise Interrupted(signum)
+        self.raised, self.first_at = True, time.monotonic()
         self.signal = signal.Signals(signum)
         name = self.signal.name
         err.print(f"\n[yellow]interrupted ({name}): finishing this step and saving last.pt (a second {name} "
@@ -237,7 +245,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                 group["lr"] = lr
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
-            loader = DataLoader(train_set, batch_size=batch, sampler=SkipSampler(sampler, state.epoch_step * batch),
+            loader = WorkerLoader(train_set, batch_size=batch, sampler=SkipSampler(sampler, state.epoch_step * batch),
                                 num_workers=cfg.workers, collate_fn=collate, drop_last=True,
                                 pin_memory=device.type == "cuda", persistent_workers=False)
             net.train()

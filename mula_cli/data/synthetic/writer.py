@@ -27,6 +27,7 @@ from mula_cli.data.matfile import write_person_joints_mat
 from mula_cli.data.synthetic.render import COARSE_OF_PART, FINE_CLASSES, MAX_PEOPLE, PART_SLOTS, PARTS
 from mula_cli.data.synthetic.scene import SceneImage, multi_person_scene, single_person_scene
 from mula_cli.errors import MulaError
+from mula_cli.interrupts import ignore_stop_signals, starting_workers
 from mula_cli.manifests import DatasetManifest
 
 SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
@@ -197,8 +198,10 @@ def _run(jobs: list[_Job], work: Callable[[_Job], tuple[str, str | None]], worke
     if workers <= 1 or len(jobs) < 2:
         yield from report(map(work, jobs))
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from report(pool.map(work, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 4)))))
+    with ProcessPoolExecutor(max_workers=workers, initializer=ignore_stop_signals) as pool:
+        with starting_workers():  # submitting starts the workers (see mula_cli.interrupts)
+            results = pool.map(work, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 4))))
+        yield from report(results)
 
 
 def _counts(counts: dict[str, int], allowed: tuple[str, ...]) -> dict[str, int]:

@@ -1,0 +1,33 @@
+"""The DataLoader every command uses: its worker processes leave stopping to the main process.
+
+A scheduler's SIGTERM and a terminal's Ctrl-C reach the workers too; a worker killed by one makes the
+main process fail inside its step (``DataLoader worker ... killed by signal``) instead of saving and
+telling how to resume. See :mod:`mula_cli.interrupts`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from mula_cli.interrupts import ignore_stop_signals, starting_workers
+
+
+class WorkerLoader(DataLoader):
+    """A :class:`~torch.utils.data.DataLoader` whose workers ignore SIGINT and SIGTERM from their start,
+    under every start method (``fork``, ``spawn``, ``forkserver``).
+
+    Takes DataLoader's arguments; ``worker_init_fn`` may not be given (it is this class's).
+    """
+
+    def __init__(self, dataset: Any, **kwargs: Any) -> None:
+        if "worker_init_fn" in kwargs:
+            raise TypeError("WorkerLoader sets worker_init_fn itself")
+        super().__init__(dataset, worker_init_fn=ignore_stop_signals, **kwargs)
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        with starting_workers():  # the workers start ignoring the signals, before ignore_stop_signals runs
+            return super().__iter__()

@@ -1,0 +1,109 @@
+"""Stopping on a signal without losing work, however the signal arrives.
+
+A scheduler stops a job by signalling every process of it at once (SLURM's ``scancel`` and time limit,
+``kill -- -PGID``, ``docker stop``, ``systemd``), and a terminal's Ctrl-C reaches the whole foreground
+process group. So the rules here are:
+
+* Worker processes (DataLoader workers, process pools) ignore SIGINT and SIGTERM: the main process
+  decides how to stop and shuts its workers down itself. A worker that died of the signal would take
+  the main process's batch, and its save, with it.
+* A worker must ignore them from its first instruction, not only from its initializer on: a job's
+  signal often arrives while the next epoch's workers start. A child inherits ignored signals through
+  ``fork`` and ``exec`` alike (and Python then leaves SIGINT ignored), so :func:`starting_workers`
+  ignores the two in this process while ``spawn`` or ``forkserver`` start their processes (for
+  ``forkserver``: the server, which then forks every later worker ignoring them). Those milliseconds are
+  the one moment where a signal can be missed. ``fork`` needs no such moment: a forked child runs the
+  parent's Python handlers, and ours do nothing in a process other than the one that installed them.
+* In the main process SIGTERM means what Ctrl-C means (:func:`raising_on_stop_signals`); the exception
+  says which signal it was, so that the command exits with 128 + its number, as a shell reports it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM in the main process; ``signum`` says which (the exit code is 128 + it)."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def signal_number(exc: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt: SIGINT unless it is an :class:`Interrupted` saying otherwise."""
+    return getattr(exc, "signum", int(signal.SIGINT))
+
+
+def ignore_stop_signals(*_: object) -> None:
+    """Make this (worker) process ignore SIGINT and SIGTERM.
+
+    A DataLoader ``worker_init_fn`` and a process pool ``initializer`` (so it takes and ignores any
+    arguments, and is a module-level function that ``spawn`` and ``forkserver`` can send).
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+@contextmanager
+def starting_workers() -> Iterator[None]:
+    """Start worker processes inside this block (see the module text): under ``spawn`` and ``forkserver``
+    SIGINT and SIGTERM are ignored by this process meanwhile, so that the children start ignoring them.
+
+    Outside the main thread (where handlers cannot be changed) and under ``fork`` nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread() or multiprocessing.get_start_method() == "fork":
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def this_process_only(handler: Callable[[int, FrameType | None], None]) -> Callable[[int, FrameType | None], None]:
+    """``handler`` in the process that installs it; nothing in a forked child (a worker), which inherits it."""
+    owner = os.getpid()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() == owner:
+            handler(signum, frame)
+
+    return handle
+
+
+@contextmanager
+def raising_on_stop_signals() -> Iterator[None]:
+    """In the main thread: SIGINT and SIGTERM raise :class:`Interrupted` (a KeyboardInterrupt) there.
+
+    Elsewhere (a command run from a thread) the handlers stay as they are. The previous handlers are
+    restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, this_process_only(handle)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

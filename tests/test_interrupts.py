@@ -1,0 +1,119 @@
+"""A scheduler's SIGTERM or a terminal's Ctrl-C reaches every process of the job: the DataLoader workers
+must ignore it (from their first instruction, whatever the start method) and the main process must
+finish its step, save and say how to resume; under torchrun, every rank."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli, subprocess_env
+from mula_cli.interrupts import Interrupted, ignore_stop_signals, raising_on_stop_signals, signal_number
+
+TRAIN = ["--model", "hg-tiny", "--width", "16", "--workers", "2", "--schedule", "constant", "--lr", "1e-3",
+         "--log-every", "1", "--epochs", "50", "--val-every", "50", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    result = run_cli("prepare", "synthetic", root / "tree", "--train", "16", "--val", "2", "--test", "0",
+                     "--out", root / "synthetic.h5", "-q")
+    assert result.exit_code == 0, result.output
+    return root / "synthetic.h5"
+
+
+def _ignored(pid: int) -> set[int]:
+    """The signals a process ignores, from /proc (Linux)."""
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("SigIgn:"))
+    mask = int(line.split()[1], 16)
+    return {sig for sig in range(1, 65) if mask >> (sig - 1) & 1}
+
+
+def _signal_group_after(proc: subprocess.Popen, marker: str, sig: signal.Signals, delay: float = 0.2) -> str:
+    """Read stdout until a line starts with ``marker``, then send ``sig`` to the whole process group."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(marker):
+            time.sleep(delay)  # inside the next epoch, whose workers are just starting or running
+            os.killpg(proc.pid, sig)
+            break
+    return "".join(seen)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_workers_started_under_spawn_or_forkserver_ignore_the_signals_from_birth(method: str) -> None:
+    code = (f"import multiprocessing as mp, sys, time; from mula_cli.interrupts import starting_workers\n"
+            f"ctx = mp.get_context('{method}'); mp.set_start_method('{method}')\n"
+            "with starting_workers():\n    p = ctx.Process(target=time.sleep, args=(30,)); p.start()\n"
+            "print(p.pid, flush=True); sys.stdin.readline(); p.kill()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=subprocess_env())
+    try:
+        child = int(proc.stdout.readline())
+        assert {signal.SIGINT, signal.SIGTERM} <= _ignored(child)  # no initializer ran: inherited at birth
+        assert not {signal.SIGINT, signal.SIGTERM} & _ignored(proc.pid)  # the parent handles them again
+    finally:
+        proc.communicate("\n", timeout=60)
+
+
+def test_the_worker_initializer_ignores_the_signals_and_the_commands_raise_on_them() -> None:
+    code = ("import os, signal; from mula_cli.interrupts import ignore_stop_signals\n"
+            "ignore_stop_signals(0); os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGINT)\n"
+            "print('alive')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0 and run.stdout.strip() == "alive", run.stderr
+    with raising_on_stop_signals(), pytest.raises(Interrupted) as caught:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises at the next bytecode
+    assert signal_number(caught.value) == signal.SIGTERM and signal_number(KeyboardInterrupt()) == signal.SIGINT
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
+    assert ignore_stop_signals.__module__ == "mula_cli.interrupts"  # importable by spawn's workers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,sig", [("fork", signal.SIGTERM), ("fork", signal.SIGINT),
+                                        ("spawn", signal.SIGTERM), ("forkserver", signal.SIGINT)])
+def test_a_signal_to_the_process_group_saves_and_says_how_to_resume(cache: Path, tmp_path: Path, method: str,
+                                                                     sig: signal.Signals) -> None:
+    boot = (f"import multiprocessing as mp, sys; mp.set_start_method('{method}'); from mula_cli.cli import main; "
+            "main(sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-c", boot, "train", "--data", str(cache), *TRAIN, "--batch-size", "2",
+                             "--project", "runs"], cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    before = _signal_group_after(proc, "epoch 1:", sig)
+    rest, errors = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, errors[-3000:]
+    assert "Traceback" not in errors and "killed by signal" not in errors, errors[-3000:]
+    assert f"interrupted ({sig.name})" in errors and errors.count("interrupted (") == 1  # the workers keep quiet
+    assert "mula train --resume" in " ".join(rest.split()), before + rest
+    state = torch.load(tmp_path / "runs" / "exp" / "weights" / "last.pt", weights_only=True)["training"]["state"]
+    assert state["epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_all_save_when_the_job_is_signalled(cache: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--log-dir",
+           str(logs), "--redirects", "2", "-m", "mula_cli", "train", "--data", str(cache), *TRAIN,
+           "--batch-size", "2", "--project", "runs"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    _signal_group_after(proc, "epoch 1:", signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=300)  # torchrun's agent itself ends in its own SignalException
+    rank_errors = {p.parent.name: p.read_text() for p in logs.rglob("stderr.log")}
+    assert set(rank_errors) == {"0", "1"}
+    for rank, text in rank_errors.items():  # each rank saw the signal (twice: the group's and the agent's)
+        assert "interrupted (SIGTERM)" in text and "Traceback" not in text, (rank, text[-3000:])
+    assert "mula train --resume" in " ".join(rest.split())
+    state = torch.load(tmp_path / "runs" / "exp" / "weights" / "last.pt", weights_only=True)["training"]["state"]
+    assert state["epoch"] >= 1 and state["world_size"] == 2
