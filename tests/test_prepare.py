@@ -378,3 +378,26 @@ def test_prepare_synthetic_then_info(tmp_path: Path, isolated_mula_home: Path) -
     assert multi.exit_code == 0, multi.output
     with CacheFile(isolated_mula_home / "data" / "synthetic_multi_person.h5") as c:
         assert c.manifest.num_joints == 14 and c.count("train") == 4
+
+
+def test_a_generation_stopped_half_way_can_be_regenerated_with_force(tmp_path: Path, monkeypatch) -> None:
+    import mula_cli.data.synthetic.writer as writer
+
+    assert run_cli("prepare", "synthetic", tmp_path / "syn", "--train", "4", "--val", "2", "--test", "0",
+                   "--out", tmp_path / "a.h5", "-q").exit_code == 0
+    real = writer.generate_lip_tree
+
+    def stopped(folder, *args, **kwargs):  # a job's time limit while the images are written
+        (Path(folder) / "TrainVal_images").mkdir(parents=True)
+        (Path(folder) / "TrainVal_images" / "half.jpg").write_bytes(b"\xff\xd8")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "generate_lip_tree", stopped)
+    result = run_cli("prepare", "synthetic", tmp_path / "syn", "--train", "4", "--val", "2", "--test", "0",
+                     "--out", tmp_path / "a.h5", "--force", "-q")
+    assert result.exit_code == 130
+    monkeypatch.setattr(writer, "generate_lip_tree", real)
+    again = run_cli("prepare", "synthetic", tmp_path / "syn", "--train", "4", "--val", "2", "--test", "0",
+                    "--out", tmp_path / "a.h5", "--force", "-q")
+    assert again.exit_code == 0, again.output  # the half-made tree is still known as mula's
+    assert not (tmp_path / "syn" / "TrainVal_images" / "half.jpg").exists()
