@@ -107,3 +107,14 @@ def raising_on_stop_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def exiting_on_stop_signals() -> Iterator[None]:
+    """While the program starts: SIGINT or SIGTERM exits at once with 128 + the signal, printing nothing
+    (nothing has begun that could be lost)."""
+    try:
+        with raising_on_stop_signals():
+            yield
+    except Interrupted as exc:
+        raise SystemExit(128 + exc.signum) from None

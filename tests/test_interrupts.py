@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli, subprocess_env
 from mula_cli.interrupts import Interrupted, ignore_stop_signals, raising_on_stop_signals, signal_number
+
+from conftest import run_cli, subprocess_env
 
 TRAIN = ["--model", "hg-tiny", "--width", "16", "--workers", "2", "--schedule", "constant", "--lr", "1e-3",
          "--log-every", "1", "--epochs", "50", "--val-every", "50", "--device", "cpu"]
@@ -117,3 +118,13 @@ def test_torchrun_ranks_all_save_when_the_job_is_signalled(cache: Path, tmp_path
     assert "mula train --resume" in " ".join(rest.split())
     state = torch.load(tmp_path / "runs" / "exp" / "weights" / "last.pt", weights_only=True)["training"]["state"]
     assert state["epoch"] >= 1 and state["world_size"] == 2
+
+
+def test_a_stop_while_the_program_loads_exits_quietly_with_128_plus_the_signal() -> None:
+    from mula_cli.interrupts import exiting_on_stop_signals
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with pytest.raises(SystemExit) as caught, exiting_on_stop_signals():
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # as if importing torch
+        assert caught.value.code == 128 + sig
