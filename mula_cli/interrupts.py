@@ -20,6 +20,7 @@ process group. So the rules here are:
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import signal
@@ -48,14 +49,37 @@ def signal_number(exc: BaseException) -> int:
     return getattr(exc, "signum", int(signal.SIGINT))
 
 
-def ignore_stop_signals(*_: object) -> None:
-    """Make this (worker) process ignore SIGINT and SIGTERM.
+def ignore_stop_signals(owner: int | None = None, *_: object) -> None:
+    """Make this worker process ignore SIGINT, and SIGTERM unless ``owner`` (the pid of the process that
+    started the worker) sends it.
 
-    A DataLoader ``worker_init_fn`` and a process pool ``initializer`` (so it takes and ignores any
-    arguments, and is a module-level function that ``spawn`` and ``forkserver`` can send).
+    The owner sends SIGTERM only to shut its own workers down (``Process.terminate``: a DataLoader or a
+    pool ending, the interpreter's exit); a worker deaf to that would leave its owner waiting forever.
+    The sender is told apart by a thread that takes SIGTERM with ``sigwaitinfo`` (Linux); where that is
+    missing (macOS), SIGTERM keeps its default and only SIGINT is ignored.
+
+    A DataLoader ``worker_init_fn`` (``functools.partial(ignore_stop_signals, os.getpid())``, then
+    called with the worker id) and a process pool ``initializer`` (``initargs=(os.getpid(),)``).
     """
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if owner is None or not hasattr(signal, "sigwaitinfo"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if owner is None else signal.SIG_DFL)
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit it
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # pending while blocked, for the thread below to take
+    threading.Thread(target=_end_on_owners_sigterm, args=(owner,), name="mula-sigterm", daemon=True).start()
+
+
+def _end_on_owners_sigterm(owner: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == owner:
+            os._exit(0)  # the owner's shut-down: nothing of this worker's needs saving
+
+
+def worker_init(owner: int | None = None):
+    """The ``worker_init_fn`` for workers of this process (picklable for ``spawn``)."""
+    return functools.partial(ignore_stop_signals, os.getpid() if owner is None else owner)
 
 
 @contextmanager

@@ -67,6 +67,23 @@ def test_workers_started_under_spawn_or_forkserver_ignore_the_signals_from_birth
         proc.communicate("\n", timeout=60)
 
 
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="the sender of a signal is known on Linux only")
+def test_a_worker_still_ends_when_its_owner_terminates_it(tmp_path: Path) -> None:
+    # a worker busy in a long item when its loader is dropped: the loader, then the interpreter's exit,
+    # terminate it (SIGTERM from the owner); a worker deaf to that would keep the program from ending
+    script = tmp_path / "busy.py"
+    script.write_text(
+        "import sys, time\nfrom torch.utils.data import Dataset\nfrom mula_cli.data.loader import WorkerLoader\n"
+        "class Slow(Dataset):\n    def __len__(self): return 4\n"
+        "    def __getitem__(self, i):\n        if i: time.sleep(600)\n        return i\n"
+        "it = iter(WorkerLoader(Slow(), batch_size=1, num_workers=1))\nprint(next(it), flush=True)\nsys.exit(0)\n")
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env=subprocess_env(), check=False)
+    assert run.returncode == 0 and run.stdout.strip() == "tensor([0])", run.stderr[-2000:]
+    assert time.monotonic() - started < 60
+
+
 def test_the_worker_initializer_ignores_the_signals_and_the_commands_raise_on_them() -> None:
     code = ("import os, signal; from mula_cli.interrupts import ignore_stop_signals\n"
             "ignore_stop_signals(0); os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGINT)\n"

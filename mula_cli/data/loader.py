@@ -11,7 +11,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from mula_cli.interrupts import ignore_stop_signals, starting_workers
+from mula_cli.interrupts import starting_workers, worker_init
 
 
 class WorkerLoader(DataLoader):
@@ -24,7 +24,7 @@ class WorkerLoader(DataLoader):
     def __init__(self, dataset: Any, **kwargs: Any) -> None:
         if "worker_init_fn" in kwargs:
             raise TypeError("WorkerLoader sets worker_init_fn itself")
-        super().__init__(dataset, worker_init_fn=ignore_stop_signals, **kwargs)
+        super().__init__(dataset, worker_init_fn=worker_init(), **kwargs)
 
     def __iter__(self):
         if self.num_workers == 0:

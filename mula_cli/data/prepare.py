@@ -159,7 +159,8 @@ def _records(src: SplitSources, rules: SampleRules, workers: int | None) -> Iter
         for sample in src.samples:
             yield record_sample(sample, rules)
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=ignore_stop_signals) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=ignore_stop_signals,
+                             initargs=(os.getpid(),)) as pool:
         with starting_workers():  # submitting starts the workers (see mula_cli.interrupts)
             results = pool.map(record_sample, src.samples, repeat(rules), chunksize=16)
         yield from results

@@ -14,6 +14,7 @@ carries a time stamp, so one seed always gives byte-identical trees.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -198,7 +199,8 @@ def _run(jobs: list[_Job], work: Callable[[_Job], tuple[str, str | None]], worke
     if workers <= 1 or len(jobs) < 2:
         yield from report(map(work, jobs))
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=ignore_stop_signals) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=ignore_stop_signals,
+                             initargs=(os.getpid(),)) as pool:
         with starting_workers():  # submitting starts the workers (see mula_cli.interrupts)
             results = pool.map(work, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 4))))
         yield from report(results)
