@@ -41,6 +41,17 @@ ENCODERS = {
     ".webm": ("libvpx-vp9", "libvpx"),
 }
 DEFAULT_CAMERA_RATE = 30
+# MP4-family overlays are written as fragmented MP4: an empty ``moov`` first, then one ``moof`` + ``mdat``
+# fragment per keyframe interval, each written out (flushed) as soon as it is cut. A reader needs no
+# trailer, so a process killed outright (SIGKILL, a power cut) leaves a file that plays up to its last
+# whole fragment; Ctrl-C and SIGTERM close the container as usual. No B-frames there: with B-frames the
+# first timestamps are negative and, with the ``moov`` written before any frame, no edit list can shift
+# them back, so the video would start a frame or two late (``negative_cts_offsets`` is not enough either).
+FRAGMENTED_SUFFIXES = {".mp4", ".m4v", ".mov"}
+FRAGMENTED_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+# A keyframe (and so a fragment) every 2 s: a kill loses at most that plus the encoder's lookahead, and
+# players seek to 2 s; the encoders' own default would be up to 250 frames (libx264), 10 s at 25 frames/s.
+KEYFRAME_INTERVAL_S = 2
 
 
 def require_av() -> ModuleType:
@@ -154,9 +165,11 @@ class VideoReader:
         step = 1.0 / self.fps if self.fps else 0.0
         short_of_time = duration is not None and self.decoded and self.last_time + 2.5 * step < duration
         if self.decoded == 0 or short_of_count or short_of_time:
-            told = f"{expected} frames" if expected else f"{duration:.2f} s"
-            raise MulaError(f"{self.name} ends after {self.decoded} frames ({self.last_time:.2f} s) of the {told} it "
-                            "declares; the file is truncated or damaged")
+            # A source may declare neither a frame count nor a duration (and then yield no frame).
+            told = f"{expected} frames" if expected else f"{duration:.2f} s" if duration is not None else None
+            declared = f" of the {told} it declares" if told else ""
+            raise MulaError(f"{self.name} ends after {self.decoded} frames ({self.last_time:.2f} s){declared}; "
+                            "the file is truncated or damaged")
 
     def close(self) -> None:
         self.container.close()
@@ -217,8 +230,14 @@ def open_source(source: str, *, camera: bool = False) -> VideoReader:
 class VideoWriter:
     """An overlay video: frames in order, at ``rate``, with presentation times from the frames' own.
 
-    The container is complete once :meth:`close` returns (a video player needs the trailer an
-    MP4 gets last), so the caller closes it on every way out, Ctrl-C included.
+    The container is complete once :meth:`close` returns, so the caller closes it on every way out,
+    Ctrl-C and SIGTERM included. An MP4, M4V or MOV is fragmented (see ``FRAGMENTED_OPTIONS``): even
+    unclosed, it plays up to its last whole fragment. Other containers need :meth:`close` (an AVI's
+    index, a WebM's cues).
+
+    The video keeps the first frame's size (``width`` x ``height``, made even). A later frame of
+    another size (an adaptive stream switching quality) is scaled to fit, keeping its aspect, centred
+    on black; this is said once.
     """
 
     def __init__(self, path: Path, rate: Fraction, width: int, height: int) -> None:
@@ -233,29 +252,64 @@ class VideoWriter:
                             "write .mp4 or .avi instead")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.rate = path, rate
-        self.container = av.open(str(path), "w")
+        fragmented = suffix in FRAGMENTED_SUFFIXES
+        self.container = av.open(str(path), "w", options=dict(FRAGMENTED_OPTIONS) if fragmented else None)
         self.stream = self.container.add_stream(codec, rate=rate)
         # Even sizes for 4:2:0 chroma; the overlay is padded by one pixel when a side is odd.
+        self.source_width, self.source_height = width, height
         self.width, self.height = width + width % 2, height + height % 2
         self.stream.width, self.stream.height = self.width, self.height
         self.stream.pix_fmt = "yuv420p"
-        self.stream.codec_context.time_base = Fraction(1, 1) / rate
+        context = self.stream.codec_context
+        context.time_base = Fraction(1, 1) / rate
+        context.gop_size = max(1, round(KEYFRAME_INTERVAL_S * rate))
+        if fragmented:
+            context.max_b_frames = 0
         self.frames = 0
         self._last_pts = -1
+        self._resized = False  # whether the size change was said
         self._av = av
 
     def write(self, image: np.ndarray, time_s: float) -> None:
         """Append an (H, W, 3) RGB frame shown at ``time_s`` seconds."""
         if image.shape[:2] != (self.height, self.width):
-            padded = np.zeros((self.height, self.width, 3), np.uint8)
-            padded[: image.shape[0], : image.shape[1]] = image
-            image = padded
+            image = self._fit(image)
         frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         pts = max(self._last_pts + 1, round(time_s * self.rate))
         frame.pts, self._last_pts = pts, pts
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
         self.frames += 1
+
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        """``image`` on a canvas of the video's size: as it is when it has the first frame's size (an odd
+        side padded by one pixel), else scaled to fit that size, keeping its aspect, centred on black.
+
+        Scaling, rather than cropping or padding only, keeps the whole picture, at the video's full size
+        when the source drops to a lower resolution of the same aspect (the usual adaptive-stream switch);
+        keeping the aspect leaves people undistorted, so the overlay still shows their true proportions.
+        """
+        from PIL import Image
+
+        canvas = np.zeros((self.height, self.width, 3), np.uint8)
+        height, width = image.shape[:2]
+        top = left = 0
+        if (height, width) != (self.source_height, self.source_width):
+            if not self._resized:
+                from mula_cli.console import err
+
+                err.print(f"{self.path.name}: the frames change size from {self.source_width}x{self.source_height} "
+                          f"to {width}x{height} after {self.frames} frame(s); every frame of another size is scaled "
+                          f"to fit {self.source_width}x{self.source_height} (aspect kept, black borders)",
+                          soft_wrap=True, highlight=False)
+                self._resized = True
+            scale = min(self.source_width / width, self.source_height / height)
+            fitted = (min(self.source_width, max(1, round(width * scale))),
+                      min(self.source_height, max(1, round(height * scale))))
+            image = np.asarray(Image.fromarray(image).resize(fitted, Image.Resampling.BILINEAR))
+            top, left = (self.source_height - fitted[1]) // 2, (self.source_width - fitted[0]) // 2
+        canvas[top : top + image.shape[0], left : left + image.shape[1]] = image
+        return canvas
 
     def close(self) -> None:
         """Flush the encoder and write the trailer."""

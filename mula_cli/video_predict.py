@@ -10,9 +10,11 @@ PyAV, PyTorch and NumPy release the GIL in their heavy parts, so the stages over
 measures the time it spends working and waiting; :class:`PipelineReport` says which one bounds the
 rate (the network, by far, on a CPU: see ``benchmarks/video_pipeline.py``).
 
-Nothing is lost on the way out: the JSON Lines file is flushed after every frame, and on Ctrl-C,
-a decoding error or a truncated file the frames already predicted are still written and the video
-container is closed properly (an MP4 is playable only once its trailer is written). A live source
+Nothing is lost on the way out: the JSON Lines file is flushed after every frame (one whole line at
+a time), and on Ctrl-C, SIGTERM, a decoding error or a truncated file the frames already predicted are
+still written and the video container is closed properly; a second signal meanwhile does not cut that
+short. An overlay MP4 is fragmented, so even a killed process leaves one that plays up to its last
+whole fragment (see :class:`mula_cli.video.VideoWriter`). A live source
 (camera, live stream) never waits for the network: when frames arrive faster than they are
 predicted, the oldest waiting frame is dropped.
 """
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mula_cli.interrupts import signal_number
 from mula_cli.pose_records import found_joint_records, joint_records
 from mula_cli.smoothing import OneEuroFilter, OneEuroSettings
 from mula_cli.video import Frame, VideoReader, VideoWriter
@@ -75,6 +78,7 @@ class PipelineReport:
     model_waiting_for_frames_s: float = 0.0
     model_waiting_for_writer_s: float = 0.0
     interrupted: bool = False
+    stop_signal: int | None = None  # the signal that interrupted the run (SIGINT for Ctrl-C, SIGTERM, ...)
     error: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
 
@@ -97,6 +101,12 @@ class PipelineReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "busy_fraction": self.busy_fractions(), "bottleneck": self.bottleneck()}
+
+    def stopped_by(self, exc: KeyboardInterrupt) -> None:
+        """Record a stop signal (the first one, when more arrive)."""
+        self.interrupted = True
+        if self.stop_signal is None:
+            self.stop_signal = signal_number(exc)
 
 
 class _Stop(Exception):
@@ -184,8 +194,9 @@ def predict_video(predictor, reader: VideoReader, outputs: VideoOutputs, options
         options: stride, batch size, smoothing, preview.
         progress: called with the number of frames written after each one.
 
-    The report's ``interrupted`` is set after Ctrl-C and ``error`` holds a decoding or writing
-    error's message; the caller decides how to exit.
+    The report's ``interrupted`` is set after Ctrl-C or SIGTERM (a KeyboardInterrupt in this thread;
+    ``stop_signal`` says which signal) and ``error`` holds a decoding or writing error's message; the
+    caller decides how to exit.
     """
     options = options or VideoOptions()
     report = PipelineReport(outputs={k: str(v) for k, v in asdict(outputs).items() if v is not None})
@@ -194,11 +205,15 @@ def predict_video(predictor, reader: VideoReader, outputs: VideoOutputs, options
     predictions: queue.Queue = queue.Queue(maxsize=max(2, 2 * options.batch_size))
     errors: list[BaseException] = []
     rate = (reader.rate or Fraction(25)) / options.stride
-    first = _first_frame(reader, options.stride, report)
-    if first is None:
+    try:
+        first = _first_frame(reader, options.stride, report)
+        if first is None:
+            return report
+        writer = _Writer(outputs, predictor, rate, first[1].image.shape[:2], options.smooth, draw=options.show)
+    except KeyboardInterrupt as exc:  # before the first prediction: nothing is written yet
+        report.stopped_by(exc)
         return report
-    writer = _Writer(outputs, predictor, rate, first[1].image.shape[:2], options.smooth, draw=options.show)
-    preview = _Preview.open() if options.show else None
+    preview = None
     started = time.perf_counter()
 
     def decode() -> None:
@@ -245,27 +260,48 @@ def predict_video(predictor, reader: VideoReader, outputs: VideoOutputs, options
 
     decoder = threading.Thread(target=decode, name="mula-decode", daemon=True)
     writer_thread = threading.Thread(target=write, name="mula-write", daemon=True)
-    threads = [decoder, writer_thread]
-    for thread in threads:
-        thread.start()
+    threads = [writer_thread, decoder]  # the writer first: it closes the outputs
     try:
+        for thread in threads:
+            thread.start()
+        preview = _Preview.open() if options.show else None
         _predict_loop(predictor, frames, predictions, stop, reader.live, options.batch_size, report, preview,
                       writer, errors)
-    except KeyboardInterrupt:
-        report.interrupted = True
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (mula_cli.interrupts)
+        report.stopped_by(exc)
     except _Stop:
         pass
     finally:
         stop.set()  # the decoder stops; the writer still writes every prediction already made
-        _put_end(predictions, lambda: not writer_thread.is_alive())
-        for thread in threads:
-            thread.join()
+        _wind_down(writer, writer_thread, predictions, threads, report)
         report.wall_s = time.perf_counter() - started
         if preview is not None:
             preview.close()
     if errors:
         report.error = str(errors[0]) if hasattr(errors[0], "exit_code") else f"{type(errors[0]).__name__}: {errors[0]}"
     return report
+
+
+def _wind_down(writer: _Writer, writer_thread: threading.Thread, predictions: queue.Queue,
+               threads: list[threading.Thread], report: PipelineReport) -> None:
+    """Let the writer write every prediction already made and close the outputs, then wait for the
+    decoder; a second Ctrl-C or SIGTERM meanwhile is recorded, not obeyed (the wait is short: the
+    predictions still queued; cutting it would lose the overlay video's end and the JSON Lines' last lines)."""
+    ended, unstarted = False, writer_thread.ident is None
+    while True:
+        try:
+            if unstarted:  # stopped before the writer started: nothing was written, close the files
+                unstarted = False
+                writer.close()
+            elif not ended:
+                _put_end(predictions, lambda: not writer_thread.is_alive())
+                ended = True
+            for thread in threads:
+                if thread.ident is not None:
+                    thread.join()
+            return
+        except KeyboardInterrupt as exc:
+            report.stopped_by(exc)
 
 
 def _first_frame(reader: VideoReader, stride: int, report: PipelineReport):

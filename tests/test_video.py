@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from videos import read_video, write_video
+from videos import read_video, write_resizing_video, write_video
 
 from mula_cli.errors import MulaError
 from mula_cli.manifests import load_manifest
 
-from conftest import run_cli
+from conftest import run_cli, subprocess_env
 
 av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
 
@@ -113,6 +114,38 @@ def test_a_truncated_video_is_a_one_line_error_and_keeps_the_frames_before(
     frames, _, _ = read_video(tmp_path / "o.mp4")  # a complete, playable file
     assert 0 < len(records) == len(frames) < 40
     assert [r["frame"] for r in records] == list(range(len(records)))
+
+
+@pytest.mark.parametrize(("second", "border"), [((96, 64), (slice(0, 2), slice(None))),
+                                              ((32, 32), (slice(None), slice(0, 8)))], ids=["grows", "shrinks"])
+def test_a_video_whose_size_changes_is_written_whole_with_one_warning(tiny_weights: Path, tmp_path: Path,
+                                                                      second, border) -> None:
+    # 64x48, then 96x64 (scaled to 64x43: black rows above and below) or 32x32 (48x48: black at the sides).
+    clip = write_resizing_video(tmp_path / "switch.ts", [(6, (64, 48)), (6, second), (2, (64, 48))])
+    result = run_cli("predict", clip, "--weights", tiny_weights, "--vis", tmp_path / "o.mp4",
+                     "--pose", tmp_path / "p.jsonl", "-q")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert said.count("change size") == 1 and f"from 64x48 to {second[0]}x{second[1]} after 6 frame(s)" in said
+    records = _lines(tmp_path / "p.jsonl")
+    assert [(r["width"], r["height"]) for r in records] == [(64, 48)] * 6 + [second] * 6 + [(64, 48)] * 2
+    frames, times, _ = read_video(tmp_path / "o.mp4")
+    assert len(frames) == 14 and all(f.shape == (48, 64, 3) for f in frames)
+    assert times == pytest.approx([i / 25 for i in range(14)], abs=1e-3)
+    resized = frames[8].astype(float)
+    assert resized[border].mean() < 24 < resized[16:32, 24:40].mean()  # fitted on black, not cropped
+    assert frames[2].astype(float)[border].mean() > 24  # the first size fills the video
+
+
+def test_a_source_that_declares_no_length_and_yields_no_frame_is_a_one_line_error() -> None:
+    from mula_cli.video import VideoReader
+
+    stream = SimpleNamespace(frames=0, duration=None, time_base=None, average_rate=None, guessed_rate=None,
+                             base_rate=None)
+    container = SimpleNamespace(streams=SimpleNamespace(video=[stream]), duration=None,
+                                decode=lambda stream: iter(()), close=lambda: None)
+    with pytest.raises(MulaError, match=r"^silent ends after 0 frames \(0.00 s\); the file is truncated"):
+        list(VideoReader(container, "silent"))
 
 
 def test_a_file_that_is_no_video_and_a_moov_less_mp4_are_refused(tiny_weights: Path, tmp_path: Path) -> None:
@@ -221,29 +254,81 @@ def test_a_camera_that_cannot_be_opened_is_a_one_line_error(tiny_weights: Path, 
     assert result.exit_code == 2 and "cannot open camera 3" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.slow
-def test_ctrl_c_keeps_every_frame_written_so_far(tiny_weights: Path, tmp_path: Path) -> None:
-    clip = write_video(tmp_path / "long.mp4", frames=2000, size=(64, 48))  # long enough to be still running when polled
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "mula_cli", "predict", str(clip), "--weights", str(tiny_weights),
+def _predict_until(tmp_path: Path, weights: Path, lines: int, fps: int = 25) -> subprocess.Popen:
+    """``mula predict long.mp4 --vis o.mp4 --pose p.jsonl`` in a subprocess, running once p.jsonl has ``lines``
+    lines (the clip is long enough to be still running when polled)."""
+    clip = write_video(tmp_path / "long.mp4", frames=2000, fps=fps, size=(64, 48))
+    command = [sys.executable, "-m", "mula_cli", "predict", str(clip), "--weights", str(weights),
                "--vis", str(tmp_path / "o.mp4"), "--pose", str(tmp_path / "p.jsonl"), "-q", "--batch-size", "2"]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        lines = (tmp_path / "p.jsonl").read_text().count("\n") if (tmp_path / "p.jsonl").exists() else 0
-        if lines >= 6:
+        written = (tmp_path / "p.jsonl").read_text().count("\n") if (tmp_path / "p.jsonl").exists() else 0
+        if written >= lines:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert process.poll() is None, process.communicate()
-    process.send_signal(signal.SIGINT)
+    return process
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stop", "code", "said"), [(signal.SIGINT, 130, "stopped by Ctrl-C"),
+                                                    (signal.SIGTERM, 143, "stopped by SIGTERM")],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_keeps_every_frame_written_so_far(tiny_weights: Path, tmp_path: Path, stop, code,
+                                                        said: str) -> None:
+    process = _predict_until(tmp_path, tiny_weights, lines=6)
+    process.send_signal(stop)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stdout + stderr
-    assert "stopped by Ctrl-C" in stderr and "Traceback" not in stderr
-    records = _lines(tmp_path / "p.jsonl")
-    frames, _, _ = read_video(tmp_path / "o.mp4")
+    assert process.returncode == code, stdout + stderr  # 128 + the signal, as a shell reports it
+    assert said in stderr and "Traceback" not in stderr
+    records = _lines(tmp_path / "p.jsonl")  # whole lines only
+    frames, _, _ = read_video(tmp_path / "o.mp4")  # closed: every frame written plays
     assert 6 <= len(records) == len(frames) < 2000
     assert [r["frame"] for r in records] == list(range(len(records)))
+
+
+def _fragment_frames(path: Path) -> int:
+    """Frames in a fragmented MP4's whole fragments: the samples that the ``trun`` boxes of every ``moof``
+    followed by its complete ``mdat`` count (a box cut short by the end of the file counts nothing)."""
+
+    def boxes(data: bytes):
+        offset = 0
+        while offset + 8 <= len(data):
+            size, kind = struct.unpack(">I4s", data[offset : offset + 8])
+            if size < 8 or offset + size > len(data):
+                return
+            yield kind, data[offset + 8 : offset + size]
+            offset += size
+
+    frames = waiting = 0
+    for kind, body in boxes(path.read_bytes() if path.exists() else b""):
+        if kind == b"moof":
+            waiting = sum(struct.unpack(">I", run[4:8])[0] for traf_kind, traf in boxes(body) if traf_kind == b"traf"
+                          for run_kind, run in boxes(traf) if run_kind == b"trun")
+        elif kind == b"mdat":
+            frames, waiting = frames + waiting, 0
+    return frames
+
+
+@pytest.mark.slow
+def test_a_killed_prediction_leaves_an_overlay_that_plays_to_its_last_fragment(tiny_weights: Path,
+                                                                               tmp_path: Path) -> None:
+    # At 5 frames/s a fragment is 10 frames (a keyframe every 2 s) and the encoder holds back about 11:
+    # after 40 frames at least two fragments are whole.
+    process = _predict_until(tmp_path, tiny_weights, lines=40, fps=5)
+    process.kill()
+    process.communicate(timeout=60)
+    records = _lines(tmp_path / "p.jsonl")  # every line parses: none is cut short
+    assert [r["frame"] for r in records] == list(range(len(records)))
+    overlay = tmp_path / "o.mp4"
+    whole = _fragment_frames(overlay)
+    assert whole >= 10, f"{whole} frames in whole fragments ({overlay.stat().st_size if overlay.exists() else 'no'} " \
+        f"bytes written) after {len(records)} lines"
+    frames, times, rate = read_video(overlay)
+    assert whole <= len(frames) <= len(records) and rate == 5
+    assert times == pytest.approx([i / 5 for i in range(len(frames))], abs=1e-3)
 
 
 def test_without_pyav_video_input_says_how_to_install_it(monkeypatch) -> None:

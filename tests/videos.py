@@ -48,3 +48,30 @@ def read_video(path: Path) -> tuple[list[np.ndarray], list[float], Fraction]:
             frames.append(frame.to_ndarray(format="rgb24"))
             times.append(float(frame.time))
         return frames, times, Fraction(stream.average_rate)
+
+
+def write_resizing_video(path: Path, parts: list[tuple[int, tuple[int, int]]], fps: int = 25) -> Path:
+    """An H.264 MPEG-TS video whose size changes: ``parts`` is (frames, (width, height)) in order, as an
+    adaptive stream switching quality sends it (one stream, a new encoder, and so a new SPS, per size)."""
+    import av
+
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = parts[0][1][0], parts[0][1][1], "yuv420p"
+    start = 0
+    for part, (frames, (width, height)) in enumerate(parts):
+        encoder = stream.codec_context if part == 0 else av.CodecContext.create("libx264", "w")
+        if part:
+            encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+            encoder.time_base, encoder.framerate = Fraction(1, fps), Fraction(fps)
+        for index in [*range(start, start + frames), None]:  # None: flush this encoder
+            frame = None
+            if index is not None:
+                frame = av.VideoFrame.from_ndarray(frame_image(index, width, height), format="rgb24")
+                frame.pts, frame.time_base = index, Fraction(1, fps)
+            for packet in encoder.encode(frame):
+                packet.stream = stream
+                container.mux(packet)
+        start += frames
+    container.close()
+    return path

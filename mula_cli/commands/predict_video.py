@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,8 +10,6 @@ import typer
 
 from mula_cli.console import err, out
 from mula_cli.errors import MulaError
-
-INTERRUPTED_EXIT = 130  # the shell's code for a program stopped by Ctrl-C
 
 
 @dataclass
@@ -61,7 +60,8 @@ def resolve_outputs(request: VideoRequest):
 
 
 def predict_video_command(request: VideoRequest, predictor) -> None:
-    """Run the pipeline, print what happened; MulaError for a damaged source, exit 130 after Ctrl-C."""
+    """Run the pipeline, print what happened; MulaError for a damaged source, and after Ctrl-C or SIGTERM
+    exit 128 + the signal's number (130, 143), as a shell reports a program the signal stopped."""
     from mula_cli.progress import make_progress
     from mula_cli.smoothing import OneEuroSettings
     from mula_cli.video import open_source
@@ -97,7 +97,9 @@ def predict_video_command(request: VideoRequest, predictor) -> None:
         out.print(f"{report.frames_dropped} frame(s) dropped: the camera delivered them faster than the model "
                   "predicts", highlight=False)
     if report.interrupted:
-        err.print(f"stopped by Ctrl-C after {report.frames_written} frame(s); everything written so far is kept")
-        raise typer.Exit(INTERRUPTED_EXIT)
+        signum = report.stop_signal or signal.SIGINT
+        how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        err.print(f"stopped by {how} after {report.frames_written} frame(s); everything written so far is kept")
+        raise typer.Exit(128 + signum)
     if report.error is not None:
         raise MulaError(f"{report.error} ({report.frames_written} frame(s) before it were predicted and written)")
