@@ -26,6 +26,7 @@ the call signatures of the blocks they replace, so :class:`~mula_cli.model.mula.
 from __future__ import annotations
 
 import copy
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
@@ -99,8 +100,33 @@ class FusedConv(nn.Module):
         self.relu = relu
         self.onednn = onednn
         # oneDNN's blocked weight layouts (opaque tensors, so not buffers), one per input shape: the
-        # best blocking depends on the spatial size, and a model sees only a few shapes.
+        # best blocking depends on the spatial size, and a model sees only a few shapes. The shard
+        # threads of FastMuLA share this cache, so it is read, evicted from and filled under a lock.
         self._packed: dict[tuple[int, ...], Tensor] = {}
+        self._packed_lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        # Copies and pickles leave out the lock and the packed weights (opaque, rebuilt on first use).
+        state = self.__dict__.copy()
+        state["_packed"] = {}
+        state.pop("_packed_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._packed_lock = threading.Lock()
+
+    def _packed_weight(self, shape: tuple[int, ...]) -> Tensor:
+        """The weights packed for an input of ``shape`` (made and cached on first use)."""
+        with self._packed_lock:
+            packed = self._packed.get(shape)
+            if packed is None:
+                if len(self._packed) >= _PACKED_SHAPES:
+                    self._packed.pop(next(iter(self._packed)))  # the oldest shape
+                packed = torch.ops.mkldnn._reorder_convolution_weight(
+                    self.weight, self.padding, self.stride, self.dilation, self.groups, list(shape))
+                self._packed[shape] = packed
+            return packed
 
     def extra_repr(self) -> str:
         out, cin = self.weight.shape[:2]
@@ -110,13 +136,7 @@ class FusedConv(nn.Module):
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if self.onednn and x.device.type == "cpu" and x.dtype == torch.float32:
             pointwise = torch.ops.mkldnn._convolution_pointwise
-            packed = self._packed.get(tuple(x.shape))
-            if packed is None:
-                if len(self._packed) >= _PACKED_SHAPES:
-                    self._packed.pop(next(iter(self._packed)))  # the oldest shape
-                packed = torch.ops.mkldnn._reorder_convolution_weight(
-                    self.weight, self.padding, self.stride, self.dilation, self.groups, list(x.shape))
-                self._packed[tuple(x.shape)] = packed
+            packed = self._packed_weight(tuple(x.shape))
             if residual is None:
                 return pointwise(x, packed, self.bias, self.padding, self.stride, self.dilation, self.groups,
                                  "relu" if self.relu else "none", [], "")

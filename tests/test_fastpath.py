@@ -176,3 +176,53 @@ def test_benchmark_predict_times_both_paths_and_saves_json(tmp_path: Path) -> No
     assert "speed-up" in result.output
     bad = run_cli("benchmark", "predict", "--batches", "1,x", "--out", out)
     assert bad.exit_code == 2 and "--batches" in bad.output
+
+
+
+@pytest.mark.skipif(not onednn_fusion_available(), reason="oneDNN's fused convolutions are not available")
+def test_packed_weight_cache_is_safe_under_two_shard_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two shard threads on one FusedConv with more batch shapes than it keeps packed (m3): every
+    result right, no error from the cache, and never more packed copies than it keeps."""
+    import sys
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mula_cli import fastpath
+
+    reorder = torch.ops.mkldnn._reorder_convolution_weight
+
+    def slow_reorder(*args):  # packing a real layer's weights takes a while: widen the window
+        time.sleep(2e-4)
+        return reorder(*args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_convolution_weight", slow_reorder)
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    fused = fastpath.FusedConv(conv, onednn=True)
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(n, 4, 5, 5, generator=generator).contiguous(memory_format=torch.channels_last)
+              for n in range(1, 9)]
+    with torch.no_grad():
+        wants = [conv(x) for x in inputs]
+    start = threading.Barrier(2)
+
+    def hammer(order: list[int]) -> None:
+        start.wait()
+        with torch.no_grad():
+            for _ in range(40):
+                for i in order:
+                    got = fused(inputs[i])
+                    if not torch.allclose(got, wants[i], atol=1e-5, rtol=1e-5):
+                        raise AssertionError(f"wrong result for a batch of {i + 1}")
+                    if len(fused._packed) > fastpath._PACKED_SHAPES:
+                        raise AssertionError(f"{len(fused._packed)} packed copies kept")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            runs = [pool.submit(hammer, order) for order in (list(range(8)), list(range(7, -1, -1)))]
+            for run in runs:
+                run.result()  # raises what the thread raised
+    finally:
+        sys.setswitchinterval(interval)
