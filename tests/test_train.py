@@ -87,9 +87,16 @@ def test_interrupted_run_resumes_to_the_same_weights(cache: Path, tmp_path: Path
     saved = torch.load(last, weights_only=True)["training"]["state"]
     assert saved["epoch"] == 1 and 1 <= saved["epoch_step"] < 4  # stopped inside epoch 2
 
+    from mula_cli.files import _HOST
+
+    killed = subprocess.Popen([sys.executable, "-c", ""])
+    killed.wait()
+    stale = last.with_name(f".last.pt.{_HOST}-{killed.pid}.partial")  # as a SIGKILL during a save leaves it
+    stale.write_bytes(b"half a checkpoint")
     resumed = _mula("train", "--resume", "--project", "b", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at epoch 2" in resumed.stdout
+    assert not stale.exists()
     a, b = _state(tmp_path / "a" / "exp" / "weights" / "last.pt"), _state(last)
     assert a.keys() == b.keys()
     for key in a:

@@ -77,6 +77,10 @@ def predict_video_command(request: VideoRequest, predictor) -> None:
     except BaseException:
         reader.close()
         raise
+    if outputs.labels_dir is not None:  # label PNGs a killed earlier run was writing
+        from mula_cli.files import remove_stale_partials
+
+        remove_stale_partials(outputs.labels_dir)
     options = VideoOptions(stride=request.stride, batch_size=request.batch_size,
                            smooth=OneEuroSettings() if request.smooth else None, show=request.show)
     total = reader.frame_count

@@ -25,7 +25,7 @@ from mula_cli.data.cache import CacheWriter
 from mula_cli.data.layout import Issue, SplitSources, discover_split, resolve_layout
 from mula_cli.data.samples import SampleRecord, SampleRules, load_sample
 from mula_cli.errors import MulaError
-from mula_cli.files import atomic_write, write_json
+from mula_cli.files import atomic_write, remove_stale_partials, write_json
 from mula_cli.interrupts import ignore_stop_signals, starting_workers
 from mula_cli.manifests import DatasetManifest
 from mula_cli.paths import default_cache_path
@@ -136,6 +136,7 @@ def prepare_dataset(
             writer.abort()  # closes the file; atomic_write deletes it
             raise
 
+    remove_stale_partials(out.parent)  # a cache half-written by a killed prepare
     atomic_write(out, write_cache)
     report_path = out.with_name(out.name + ".report.json")
     result = PrepareResult(out, report_path, layout.name, reports, time.perf_counter() - start, preview)

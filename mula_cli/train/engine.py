@@ -31,7 +31,7 @@ from mula_cli.data.loader import WorkerLoader
 from mula_cli.data.transforms import AUGMENTATIONS
 from mula_cli.devices import amp_dtype as resolve_amp
 from mula_cli.errors import MulaError
-from mula_cli.files import write_json
+from mula_cli.files import remove_stale_partials, write_json
 from mula_cli.interrupts import STOP_SIGNALS, Interrupted, this_process_only
 from mula_cli.manifests import DatasetManifest
 from mula_cli.model.mula import MuLA
@@ -211,6 +211,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
             if checkpoint is not None:
                 err.print(f"[yellow]the run directory {checkpoint['extra'].get('run_dir')} of {resume} is gone; "
                           f"continuing in a new one, {run_dir}[/]")
+        remove_stale_partials(run_dir, recursive=True)  # left by a run killed while it saved
     run_dir = broadcast_object(run_dir, world)
     tasks = tasks_of(model)
     pose_metric = "val_map" if manifest.multi_person else "val_pckh"
