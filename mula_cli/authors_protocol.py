@@ -187,17 +187,23 @@ def _fuse_pose(heat: np.ndarray, windows: list[Window], scales: tuple[float, ...
     (``crop=False``: whole windows, padding included)."""
     canvas = np.zeros(heat.shape[1:], np.float64)
     for maps, window, s in zip(heat, windows, scales):
-        x0, y0, x1, y1 = window.store if crop else (0, 0, size, size)
-        part = maps[:, y0:y1, x0:x1]  # the heatmaps of the window's picture, padding cut away
-        ph, pw = part.shape[1:]
-        oh, ow = max(1, round(ph / s)), max(1, round(pw / s))
-        wy, wx = _linear_matrix(ph, oh, s), _linear_matrix(pw, ow, s)
-        scaled = wy @ part @ wx.T  # (J, size / s, size / s)
-        top, left = int((size - oh) / 2.0), int((size - ow) / 2.0)
-        # their code would fail where the part overhangs the canvas; keep the overlap instead
-        y0c, y1c, x0c, x1c = max(top, 0), min(top + oh, size), max(left, 0), min(left + ow, size)
-        canvas[:, y0c:y1c, x0c:x1c] += scaled[:, y0c - top: y1c - top, x0c - left: x1c - left]
+        _add_view(canvas, maps, window, s, size, crop)
     return canvas / len(scales)
+
+
+def _add_view(canvas: np.ndarray, maps: np.ndarray, window: Window, s: float, size: int, crop: bool) -> None:
+    """Add one view's (J, S, S) heatmaps, resized back by ``1 / s``, into a float64 (J, S, S) canvas:
+    one term of :func:`_fuse_pose`'s sum (the views are added in the order of the scales)."""
+    x0, y0, x1, y1 = window.store if crop else (0, 0, size, size)
+    part = maps[:, y0:y1, x0:x1].astype(np.float64)  # the heatmaps of the window's picture, padding cut away
+    ph, pw = part.shape[1:]
+    oh, ow = max(1, round(ph / s)), max(1, round(pw / s))
+    wy, wx = _linear_matrix(ph, oh, s), _linear_matrix(pw, ow, s)
+    scaled = wy @ part @ wx.T  # (J, size / s, size / s)
+    top, left = int((size - oh) / 2.0), int((size - ow) / 2.0)
+    # their code would fail where the part overhangs the canvas; keep the overlap instead
+    y0c, y1c, x0c, x1c = max(top, 0), min(top + oh, size), max(left, 0), min(left + ow, size)
+    canvas[:, y0c:y1c, x0c:x1c] += scaled[:, y0c - top: y1c - top, x0c - left: x1c - left]
 
 
 def _labels_to_original(argmax: np.ndarray, window: Window, orig_hw: tuple[int, int]) -> np.ndarray:
@@ -242,7 +248,11 @@ def predict_originals(model: torch.nn.Module, views: torch.Tensor, windows: np.n
     b, n, _, size, _ = views.shape
     joints = model.config.num_joints
     one = next(k for k, s in enumerate(scales) if abs(s - 1.0) < 1e-9)
-    heat = np.zeros((b, n, joints, size, size))
+    placements = [[Window.from_array(a) for a in windows[i]] for i in range(b)]
+    # Each view is fused into its picture's canvas as soon as it is predicted (their sum, in their
+    # order), so only one scale's float32 maps are held besides the canvases: not a (B, n, J, S, S)
+    # array. The canvases and the resizing stay float64, so the sums are the ones _fuse_pose makes.
+    canvases = np.zeros((b, joints, size, size), np.float64)
     argmax = None
     for k in range(n):
         x = views[:, k]
@@ -251,14 +261,16 @@ def predict_originals(model: torch.nn.Module, views: torch.Tensor, windows: np.n
         both = torch.cat([direct.pose[-1].float(), flip_heatmaps(mirrored.pose[-1].float(),
                                                                   manifest.joint_flip_index())])[:, :joints]
         up = F.interpolate(both, size=(size, size), mode="bilinear", align_corners=False)
-        heat[:, k] = ((up[:b] + up[b:]) * 0.5).double().cpu().numpy()
+        heat = ((up[:b] + up[b:]) * 0.5).cpu().numpy()  # (B, J, S, S) float32
+        for i in range(b):
+            _add_view(canvases[i], heat[i], placements[i][k], scales[k], size, steps.crop_heatmaps)
         if k == one:
             logits = upsample_logits(direct.parsing[-1].float(), (size, size))
             argmax = logits.argmax(dim=1).cpu().numpy()
     results = []
     for i in range(b):
-        placed = [Window.from_array(a) for a in windows[i]]
-        fused = _fuse_pose(heat[i], placed, scales, size, crop=steps.crop_heatmaps)
+        placed = placements[i]
+        fused = canvases[i] / len(scales)
         blurred = gaussian_blur(torch.from_numpy(fused)[None], blur_sigma)[0].numpy() if blur_sigma > 0 else fused
         flat = blurred.reshape(joints, -1).argmax(axis=1)  # NumPy: the first maximum, as theirs
         py, px = np.divmod(flat, size)

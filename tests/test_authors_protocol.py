@@ -172,3 +172,44 @@ def test_every_step_switched_off_is_the_default_protocol() -> None:
     full = predict_originals(model, torch.from_numpy(authors_views(img, SIZE, (1.0,))["views"])[None],
                              authors_views(img, SIZE, (1.0,))["windows"][None], [(90, 50)], LIP, (1.0,))[0]
     assert not np.array_equal(full.joints, theirs.joints) or not torch.equal(full.labels, theirs.labels)
+
+
+def test_views_are_fused_as_they_come_with_the_same_sums() -> None:
+    """m15: five scales of a batch are fused into float64 canvases as each scale is predicted, not
+    held as a float64 (B, n, J, S, S) array first; joints and scores are bit for bit those of the
+    float64 array fused picture by picture."""
+    import tracemalloc
+
+    from mula_cli.authors_protocol import authors_views
+    from mula_cli.heatmaps import flip_heatmaps, gaussian_blur
+
+    model, scales = Probe(), (0.7, 0.85, 1.0, 1.15, 1.3)
+    imgs = [_picture(80 + 7 * i, 45 + 5 * i) for i in range(4)]
+    samples = [authors_views(img, SIZE, scales) for img in imgs]
+    views = torch.from_numpy(np.stack([s["views"] for s in samples]))
+    windows = np.stack([s["windows"] for s in samples])
+    sizes = [(img.height, img.width) for img in imgs]
+    tracemalloc.start()
+    try:
+        found = predict_originals(model, views, windows, sizes, LIP, scales)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    one_view = len(imgs) * LIP.num_joints * SIZE * SIZE * 8  # one scale's maps of the batch in float64
+    assert peak < 3 * one_view, f"peak {peak / one_view:.1f} x one scale's float64 maps"
+
+    heat = np.zeros((len(imgs), len(scales), LIP.num_joints, SIZE, SIZE))
+    for k in range(len(scales)):
+        x = views[:, k]
+        both = torch.cat([model(x).pose[-1], flip_heatmaps(model(x.flip(-1)).pose[-1], LIP.joint_flip_index())])
+        up = torch.nn.functional.interpolate(both[:, :LIP.num_joints], size=(SIZE, SIZE), mode="bilinear",
+                                             align_corners=False)
+        heat[:, k] = ((up[:len(imgs)] + up[len(imgs):]) * 0.5).double().numpy()
+    for i, got in enumerate(found):
+        fused = _fuse_pose(heat[i], [Window.from_array(a) for a in windows[i]], scales, SIZE)
+        blurred = gaussian_blur(torch.from_numpy(fused)[None], 3.0)[0].numpy().reshape(LIP.num_joints, -1)
+        assert np.array_equal(got.scores, blurred.max(axis=1)), i
+        py, px = np.divmod(blurred.argmax(axis=1), SIZE)
+        at_1 = Window.from_array(windows[i][scales.index(1.0)])  # factor = base at scale 1
+        xs, ys = (px - at_1.store[0] + at_1.crop[0]) / at_1.factor, (py - at_1.store[1] + at_1.crop[1]) / at_1.factor
+        assert np.array_equal(got.joints, np.trunc(np.stack([xs, ys], axis=1))), i
