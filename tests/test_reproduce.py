@@ -98,3 +98,57 @@ def test_a_whole_table_on_synthetic_data_end_to_end(cache: Path, tmp_path: Path)
     for bad in (["table9"], ["table1", "--rows", "hg-5s"], ["pascal"], ["table1", "--recipe", "fast"]):
         out = run_cli("reproduce", *bad, "--data", cache, "--project", project)
         assert out.exit_code == 2, out.output
+
+
+def _unstarted_row(run: Path, files: int = 40) -> Path:
+    """A row folder left by a run that stopped before its first checkpoint."""
+    for i in range(files):
+        (run / f"vis{i % 4}").mkdir(parents=True, exist_ok=True)
+        (run / f"vis{i % 4}" / f"{i}.png").write_bytes(b"x")
+    (run / "config.json").write_text("{}")
+    return run
+
+
+def test_clearing_an_unstarted_row_tolerates_another_rank_clearing_it(tmp_path: Path) -> None:
+    """m10: under torchrun every rank reaches the row folder; one already gone, or going, is no error."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mula_cli.train.reproduce import _clear_unstarted
+
+    _clear_unstarted(tmp_path / "gone")  # another rank removed it after this one saw it
+    for attempt in range(3):  # two removals racing through one tree
+        run = _unstarted_row(tmp_path / f"row{attempt}")
+        start = threading.Barrier(2)
+
+        def clear(run: Path = run, start: threading.Barrier = start) -> None:
+            start.wait()
+            _clear_unstarted(run)
+
+        with ThreadPoolExecutor(2) as pool:
+            for done in [pool.submit(clear) for _ in range(2)]:
+                done.result()  # raises what the thread raised
+        assert not run.exists()
+
+
+def test_only_rank_0_clears_an_unstarted_row_and_every_rank_refuses_one_with_weights(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mula_cli.errors import MulaError
+    from mula_cli.train import engine
+    from mula_cli.train.reproduce import LAPTOP_RECIPE, Plan, train_row
+
+    trained: list[str] = []
+    monkeypatch.setattr(engine, "train", lambda cfg, **_: trained.append(cfg.name))
+    plan = Plan(cache=tmp_path / "cache.h5", split="test", recipe=LAPTOP_RECIPE, quiet=True)
+    run = _unstarted_row(tmp_path / "table1" / "hg-tiny", files=2)
+    monkeypatch.setenv("RANK", "1")
+    assert train_row(plan, "hg-tiny", tmp_path / "table1") == "trained" and run.is_dir()  # left to rank 0
+    monkeypatch.setenv("RANK", "0")
+    assert train_row(plan, "hg-tiny", tmp_path / "table1") == "trained" and not run.exists()
+    assert trained == ["hg-tiny", "hg-tiny"]
+    (run / "weights").mkdir(parents=True)
+    (run / "weights" / "best.pt").write_bytes(b"x")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(MulaError, match="holds weights"):
+            train_row(plan, "hg-tiny", tmp_path / "table1")

@@ -282,3 +282,45 @@ def test_deterministic_is_strict_and_a_missing_kernel_is_one_line(cache: Path, t
     result = run_cli("train", "--data", cache, "--deterministic")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "histc_cuda does not have a deterministic implementation" in result.output
+
+
+def _resume(monkeypatch: pytest.MonkeyPatch, *args: object) -> tuple[object, list[Path]]:
+    """``mula train ARGS`` in-process, stopped by the engine right after it has the checkpoint: the
+    result and the checkpoint files read (a stand-in payload, so nothing trains)."""
+    from mula_cli.errors import MulaError
+    from mula_cli.train import checkpoint, engine
+    from mula_cli.train.config import TrainConfig
+
+    payload = {"state_dict": {}, "config": {}, "extra": {"train_config": TrainConfig(epochs=1).to_dict()},
+               "training": {"optimizer": {}, "scaler": {}, "state": {"epoch": 1}, "rng": {}}}
+    reads: list[Path] = []
+    monkeypatch.setattr(checkpoint, "read_weights_file", lambda path, *a, **k: reads.append(Path(path)) or payload)
+
+    def stop_after_loading(data: str) -> Path:  # the engine's first step after loading the checkpoint
+        raise MulaError("stopped after loading")
+
+    monkeypatch.setattr(engine, "resolve_cache", stop_after_loading)
+    result = run_cli("train", *args)
+    assert result.exit_code == 2 and "stopped after loading" in result.output, result.output
+    return result, reads
+
+
+def test_resume_reads_the_checkpoint_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """m13: the command reads the checkpoint for the run's settings and the engine resumes from that
+    same payload (a checkpoint with optimiser state is hundreds of MB)."""
+    _, reads = _resume(monkeypatch, "--resume", tmp_path / "last.pt", "--epochs", "2", "--device", "cpu")
+    assert reads == [tmp_path / "last.pt"], f"read {len(reads)} times"
+
+
+def test_resume_takes_a_path_or_alone_the_newest_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--resume`` alone (last, or before another option) is the newest run's last.pt; with a value, that file."""
+    newest = tmp_path / "runs" / "exp" / "weights" / "last.pt"
+    newest.parent.mkdir(parents=True)
+    newest.touch()
+    given = tmp_path / "given.pt"
+    runs = tmp_path / "runs"
+    for args, want in ((["--project", runs, "--resume"], newest), (["--resume", "--epochs", "3", "--project", runs], newest),
+                       (["--resume", "-q", "--project", runs], newest), (["--resume", given, "--epochs", "3"], given),
+                       ([f"--resume={given}"], given)):
+        _, reads = _resume(monkeypatch, *args)
+        assert reads == [want], args

@@ -74,8 +74,9 @@ def train(
         if given or config is not None:
             raise MulaError(f"--resume continues a run with its own settings; drop {', '.join('--' + g.replace('_', '-') for g in given) or '--config'} "
                             "(only --epochs, --workers and --device may change; --project tells where to look)")
-        cfg = resumed_config(load_checkpoint(path), path, epochs=epochs, workers=workers, device=device)
-        run_training(cfg, resume=path, quiet=quiet)
+        checkpoint = load_checkpoint(path)  # read once: the engine resumes from this payload
+        cfg = resumed_config(checkpoint, path, epochs=epochs, workers=workers, device=device)
+        run_training(cfg, resume=path, checkpoint=checkpoint, quiet=quiet)
         return
     cfg = resolve_config(flags, config)
     if weights is not None and not weights.is_file():

@@ -122,16 +122,18 @@ def build_training_model(cfg: TrainConfig, manifest: DatasetManifest, partition:
 
 
 def train(cfg: TrainConfig, *, resume: Path | None = None, weights: Path | None = None,
-          quiet: bool = False) -> Path:
+          quiet: bool = False, checkpoint: dict[str, Any] | None = None) -> Path:
     """Run a training run, or continue the one whose ``last.pt`` is ``resume``; returns its run directory.
 
-    When resuming, ``cfg`` must be :func:`mula_cli.train.checkpoint.resumed_config` of that checkpoint.
+    When resuming, ``cfg`` must be :func:`mula_cli.train.checkpoint.resumed_config` of that checkpoint,
+    and ``checkpoint`` may be its payload as the caller loaded it (:func:`load_checkpoint` of
+    ``resume``), so that a large checkpoint is not read twice.
     """
     world = setup_world(cfg.device)
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
-        return _train(cfg, world, resume=resume, weights=weights, quiet=quiet)
+        return _train(cfg, world, resume=resume, weights=weights, quiet=quiet, checkpoint=checkpoint)
     except RuntimeError as exc:
         if cfg.deterministic and "deterministic" in str(exc):  # an operation without a deterministic kernel
             what = re.split(r",? but you set", " ".join(str(exc).split()), maxsplit=1)[0]
@@ -143,9 +145,13 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, weights: Path | None 
         shutdown_world()
 
 
-def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path | None, quiet: bool) -> Path:
+def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path | None, quiet: bool,
+           checkpoint: dict[str, Any] | None) -> Path:
     device = world.device
-    checkpoint = load_checkpoint(resume) if resume is not None else None
+    if resume is None:
+        checkpoint = None
+    elif checkpoint is None:
+        checkpoint = load_checkpoint(resume)
     _seed_everything(cfg.seed)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     if cfg.deterministic:  # strict: an operation without a deterministic kernel is an error, not a warning

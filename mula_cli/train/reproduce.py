@@ -10,6 +10,7 @@ the paper's numbers and the report are :mod:`mula_cli.reproduce`.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,11 +79,28 @@ def _check_same_recipe(saved: dict[str, Any], wanted: TrainConfig, run: Path) ->
                             "reproduce into another --project, or move that run away")
 
 
-def _clear_unstarted(run: Path) -> None:
-    """Remove a row folder left by a run that stopped before its first checkpoint (nothing to resume)."""
-    if any(run.rglob("*.pt")):
+def _holds_weights(run: Path) -> bool:
+    try:
+        return any(run.rglob("*.pt"))
+    except FileNotFoundError:  # rank 0 is removing it: it found no weights there
+        return False
+
+
+def _clear_unstarted(run: Path, *, main: bool = True) -> None:
+    """Remove a row folder left by a run that stopped before its first checkpoint (nothing to resume).
+
+    Under torchrun every rank checks the folder (so that one holding weights stops every rank alike),
+    but only the main rank removes it: the others go on into :func:`~mula_cli.train.engine.train`,
+    whose process-group rendezvous (set up there, after this) waits for the main rank, so nothing is
+    created in the folder before every rank is past this point. The folder may vanish meanwhile.
+    """
+    if _holds_weights(run):
         raise MulaError(f"{run} holds weights but no weights/last.pt to resume from; move it away and rerun")
-    shutil.rmtree(run)
+    if not main:
+        return
+    shutil.rmtree(run, ignore_errors=True)
+    if run.exists():
+        raise MulaError(f"could not remove {run}, the folder of an unstarted run; move it away and rerun")
 
 
 def train_row(plan: Plan, preset: str, table_dir: Path) -> str:
@@ -100,10 +118,10 @@ def train_row(plan: Plan, preset: str, table_dir: Path) -> str:
         if int(state["epoch"]) >= cfg.epochs:
             return "done"
         resumed = resumed_config(checkpoint, last, epochs=cfg.epochs, workers=cfg.workers, device=cfg.device)
-        train(resumed, resume=last, quiet=plan.quiet)
+        train(resumed, resume=last, checkpoint=checkpoint, quiet=plan.quiet)
         return "resumed"
     if run.exists():
-        _clear_unstarted(run)
+        _clear_unstarted(run, main=int(os.environ.get("RANK", "0")) == 0)
     table_dir.mkdir(parents=True, exist_ok=True)
     train(cfg, quiet=plan.quiet)
     return "trained"
