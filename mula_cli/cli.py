@@ -13,7 +13,10 @@ from mula_cli import __version__
 from mula_cli.errors import MulaError
 from mula_cli.interrupts import raising_on_stop_signals, signal_number
 
-# Options whose value may be left out, and what they mean then (click has no optional values).
+# Options whose value may be left out, and what they mean then. Click's optional values
+# (``is_flag=False, flag_value=...``) are not reachable through Typer: it deprecated both parameters
+# (fastapi/typer#987, "not supported by Typer") and the click parser it vendors (Typer 0.29) has no
+# optional values, so a bare option is given its value here, before parsing.
 _OPTIONAL_VALUES = {"--resume": "last"}
 
 

@@ -123,3 +123,22 @@ def test_models_command_lists_every_preset() -> None:
     assert table.exit_code == 0, table.output
     assert "7 classes, 14 joints" in table.output
     assert all(name in table.output for name in PRESETS)
+
+
+def test_flop_count_runs_the_stages_own_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """m16: the cached count runs MulaStage.forward itself (no copy of it to drift): a change to the
+    stage's forward shows in both counts alike."""
+    from mula_cli.model.mula import MulaStage
+
+    forward = MulaStage.forward
+
+    def heads_twice(self: MulaStage, x_pose: torch.Tensor, x_parsing: torch.Tensor):
+        pose, parsing, offsets, x_pose, x_parsing = forward(self, x_pose, x_parsing)
+        return pose + self.pose_head(torch.zeros_like(x_pose)), parsing, offsets, x_pose, x_parsing
+
+    cfg = preset_config("hg-tiny", width=16, hourglass_depth=2)
+    with torch.device("meta"):
+        model = model_from_config(cfg)
+    plain = model_flops(model, 64, {})
+    monkeypatch.setattr(MulaStage, "forward", heads_twice)
+    assert model_flops(model, 64, {}) == uncached_model_flops(model, 64) > plain

@@ -1,14 +1,16 @@
 """Size and cost of a model without allocating it: parameter count and FLOPs on the meta device.
 
 FLOPs come from PyTorch's ``FlopCounterMode`` (a multiply-add counts 2). Shape inference on the
-meta device runs in Python and costs about a millisecond per operation, so the count runs each
-distinct submodule (stem, stage encoder, interaction, head) once per input shape and reuses the
-result: a model's FLOPs are the sum of its parts, and all Hourglass presets share their stage
-encoders.
+meta device runs in Python and costs about a millisecond per operation, so the count runs the
+model's own forward with each distinct part (stem, stage encoder, interaction, head, next-stage
+mapping) run once per input shape and its count and outputs reused after that: a model's FLOPs are
+the sum of its parts, and all Hourglass presets share their stage encoders.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +19,9 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mula_cli.model.config import MulaConfig
-from mula_cli.model.mula import MuLA, MulaStage, count_parameters
+from mula_cli.model.mula import MuLA, count_parameters
 
-FlopCache = dict[tuple[str, tuple[tuple[int, ...], ...]], tuple[int, Any]]
+FlopCache = dict[tuple[str, Any], tuple[int, Any]]  # (module structure, input shapes) -> (FLOPs, outputs)
 
 
 @dataclass(frozen=True)
@@ -46,67 +48,65 @@ class ModelSummary:
         }
 
 
-def _counted(module: nn.Module, inputs: tuple[Tensor, ...], cache: FlopCache) -> tuple[int, Any]:
-    """(FLOPs, outputs) of ``module(*inputs)`` on the meta device, memoised by structure and shapes."""
-    key = (repr(module), tuple(tuple(x.shape) for x in inputs))
-    if key not in cache:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            outputs = module(*inputs)
-        cache[key] = (counter.get_total_flops(), outputs)
-    return cache[key]
+def _shapes(value: Any) -> Any:
+    """What a memoised call's result depends on: the shapes of its tensors (nested in lists too)."""
+    if isinstance(value, Tensor):
+        return tuple(value.shape)
+    if isinstance(value, (list, tuple)):
+        return tuple(_shapes(v) for v in value)
+    return value
 
 
-def _stage_flops(
-    stage: MulaStage, x_pose: Tensor, x_parsing: Tensor, cache: FlopCache
-) -> tuple[int, Tensor, Tensor]:
-    """FLOPs of one stage, counted part by part (mirrors MulaStage.forward) so the parts are shared."""
-    if stage.shared:
-        total, f_pose = _counted(stage.shared_features, (x_pose,), cache)
-        f_parsing = f_pose
-    else:
-        pose_flops, f_pose = _counted(stage.pose_features, (x_pose,), cache)
-        parsing_flops, f_parsing = _counted(stage.parsing_features, (x_parsing,), cache)
-        total = pose_flops + parsing_flops
-    flops, r_pose = _counted(stage.pose_interaction, (f_pose, f_parsing), cache)
-    total += flops
-    flops, r_parsing = _counted(stage.parsing_interaction, (f_parsing, f_pose), cache)
-    total += flops
-    flops, pose = _counted(stage.pose_head, (r_pose,), cache)
-    total += flops
-    flops, parsing = _counted(stage.parsing_head, (r_parsing,), cache)
-    total += flops
-    offsets: list[Tensor] = []
-    if stage.offset_head is not None:
-        flops, offset = _counted(stage.offset_head, (r_pose,), cache)
-        total += flops
-        offsets.append(offset)
-    if stage.last:
-        return total, x_pose, x_parsing
-    # The mappings are a few 1x1 convs: count them directly.
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        if stage.shared:
-            x_pose = x_parsing = stage.mapping(x_pose, f_pose, [pose, parsing, *offsets])
-        else:
-            x_pose = stage.pose_mapping(x_pose, f_pose, [pose, *offsets])
-            x_parsing = stage.parsing_mapping(x_parsing, f_parsing, [parsing])
-    return total + counter.get_total_flops(), x_pose, x_parsing
+def _parts(model: MuLA) -> list[nn.Module]:
+    """The submodules whose counts are memoised: the stems and each stage's encoders, interactions,
+    heads and next-stage mappings (the model's and the stages' own forwards only route between them)."""
+    parts = [module for name, module in model.named_children() if name.endswith("stem")]
+    for stage in model.stages:
+        parts.extend(stage.children())
+    return parts
+
+
+@contextmanager
+def _memoised(parts: list[nn.Module], counter: FlopCounterMode, cache: FlopCache) -> Iterator[list[int]]:
+    """Within it, a call of one of ``parts`` seen before (same structure, same input shapes) returns
+    the outputs it returned then without running, and its FLOPs are added to the list yielded; a new
+    one runs under ``counter`` and its share of the count is remembered."""
+    reused: list[int] = []
+
+    def memoised(module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*inputs: Any) -> Any:
+            key = (repr(module), _shapes(inputs))
+            if key in cache:
+                flops, outputs = cache[key]
+                reused.append(flops)
+                return outputs
+            before = counter.get_total_flops()
+            outputs = forward(*inputs)
+            cache[key] = (counter.get_total_flops() - before, outputs)
+            return outputs
+
+        return call
+
+    for part in parts:
+        part.forward = memoised(part, part.forward)  # an instance attribute: nn.Module calls it
+    try:
+        yield reused
+    finally:
+        for part in parts:
+            del part.forward
 
 
 def model_flops(model: MuLA, input_size: int, cache: FlopCache | None = None) -> int:
-    """FLOPs of one forward pass of a meta-device ``model`` on a 1 x 3 x size x size image."""
+    """FLOPs of one forward pass of a meta-device ``model`` on a 1 x 3 x size x size image.
+
+    The model's own forward runs, with each distinct part (see :func:`_parts`) counted once per input
+    shape and its count reused from ``cache`` after that (equal to :func:`uncached_model_flops`).
+    """
     cache = {} if cache is None else cache
-    x = model.normalise(torch.zeros(1, 3, input_size, input_size, device="meta"))
-    if model.shared:
-        total, x_pose = _counted(model.shared_stem, (x,), cache)
-        x_parsing = x_pose
-    else:
-        pose_flops, x_pose = _counted(model.pose_stem, (x,), cache)
-        parsing_flops, x_parsing = _counted(model.parsing_stem, (x,), cache)
-        total = pose_flops + parsing_flops
-    for stage in model.stages:
-        flops, x_pose, x_parsing = _stage_flops(stage, x_pose, x_parsing, cache)
-        total += flops
-    return total
+    with torch.no_grad(), FlopCounterMode(display=False) as counter, \
+            _memoised(_parts(model), counter, cache) as reused:
+        model(torch.zeros(1, 3, input_size, input_size, device="meta"))
+    return counter.get_total_flops() + sum(reused)
 
 
 def uncached_model_flops(model: MuLA, input_size: int) -> int:
