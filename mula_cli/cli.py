@@ -39,9 +39,11 @@ class _ReportingGroup(TyperGroup):
             with raising_on_stop_signals():  # SIGTERM (a scheduler, docker stop) stops like Ctrl-C
                 return super().invoke(ctx)
         except MulaError as exc:
+            from rich.markup import escape
+
             from mula_cli.console import err
 
-            err.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, markup=True, highlight=False)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # every output is written atomically: what exists is whole
             from mula_cli.console import err

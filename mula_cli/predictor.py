@@ -13,7 +13,10 @@ model sees the long edge at its input size anyway), and every output is at the o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -30,6 +33,7 @@ from mula_cli.partition import GroupingConfig, Person
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+HEIF_SUFFIXES = (".heic", ".heif")  # phones' photos; Pillow reads them only with a plugin
 
 
 @dataclass
@@ -59,23 +63,58 @@ def read_image(source: ImageInput, max_side: int | None = None) -> tuple[Image.I
     if isinstance(source, Image.Image):
         img = source
     else:
-        try:
-            img = Image.open(source)
-            img.size  # noqa: B018 - touch the header
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise MulaError(f"cannot read {source} as an image ({exc.__class__.__name__}); is it a picture?") from None
-    width, height = img.size
-    orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-    if orientation in _TRANSPOSED:
-        width, height = height, width
-    if max_side is not None and img.format == "JPEG" and max(width, height) > 2 * max_side:
-        img.draft("RGB", (2 * max_side, 2 * max_side))  # keeps at least this size; loads less
+        img = _open(source)
     try:
-        img = ImageOps.exif_transpose(img)
+        # PNG keeps its EXIF (eXIf) wherever it likes, after the pixels too: getexif() may decode the
+        # whole picture, so a damaged file can fail here as well as below.
+        width, height = img.size
+        with _quiet_exif():
+            orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+        if orientation in _TRANSPOSED:
+            width, height = height, width
+        if max_side is not None and img.format == "JPEG" and max(width, height) > 2 * max_side:
+            img.draft("RGB", (2 * max_side, 2 * max_side))  # keeps at least this size; loads less
+        with _quiet_exif():
+            img = ImageOps.exif_transpose(img)
         img = _to_rgb(img)
-    except (OSError, ValueError) as exc:
-        raise MulaError(f"cannot decode {source} ({exc}); the file is damaged or not an image") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise MulaError(f"cannot decode {source} ({reason}); the file is damaged or not an image") from None
     return img, (height, width)
+
+
+@contextmanager
+def _quiet_exif() -> Iterator[None]:
+    """Damaged EXIF is read as none (the picture taken as upright): Pillow's UserWarning about it would
+    only print a library's source line on the user's terminal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def _open(source: str | Path) -> Image.Image:
+    """``Image.open`` with its failures as one-line MulaErrors that say what to do."""
+    path = Path(source)
+    try:
+        with _quiet_exif():  # JPEG reads its EXIF (for the DPI) on opening
+            img = Image.open(source)
+        img.size  # noqa: B018 - touch the header
+        return img
+    except Image.DecompressionBombError as exc:
+        first = str(exc).split(",")[0]
+        raise MulaError(f"refusing {source}: {first}, Pillow's guard against decompression bombs; if the picture "
+                        "is genuine, shrink it first (its header may also be damaged)") from None
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise MulaError(f"cannot read {source}: it is a symbolic link to {os.readlink(path)}, which does not "
+                            "exist; fix or remove the link") from None
+        raise MulaError(f"cannot read {source}: it does not exist; check the path") from None
+    except (OSError, ValueError) as exc:
+        if path.suffix.lower() in HEIF_SUFFIXES:
+            raise MulaError(f"cannot read {source}: Pillow here has no HEIC/HEIF decoder; convert it to JPEG or "
+                            "PNG (e.g. with your phone's export, or `heif-convert`)") from None
+        raise MulaError(f"cannot read {source} as an image ({exc.__class__.__name__}); the file is damaged or not "
+                        "a picture") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -375,8 +375,8 @@ def _predict_loop(predictor, frames: queue.Queue, predictions: queue.Queue, stop
         report.model_waiting_for_writer_s += time.perf_counter() - tick
         if preview is not None and writer.latest is not None:
             preview.show(writer.latest)
-        if errors:
-            break
+        if stop.is_set():  # the writer failed; a decoding error instead ends the frames with _END, after
+            break  # every frame decoded before it, which are still predicted and written
 
 
 def display_available() -> bool:

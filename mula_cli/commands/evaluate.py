@@ -71,6 +71,8 @@ def evaluate(
         if (manifest.num_classes, manifest.num_joints) != (config.num_classes, config.num_joints):
             raise MulaError(f"{weights} predicts {config.num_classes} classes / {config.num_joints} joints but "
                             f"{cache_path} has {manifest.num_classes} / {manifest.num_joints}; pick the matching --data")
+        if trained_on is not None:
+            _check_same_names(weights, trained_on, cache_path, manifest)
         workers = min(4, os.cpu_count() or 1) if workers is None else workers
         loader = eval_loader(cache_path, split, config.input_size, config.stride, batch_size=batch_size,
                              workers=workers, limit=limit, options=options)
@@ -99,6 +101,19 @@ def evaluate(
     _print_tables(result, manifest)
     out.print(f"{result.images:,} images in {result.seconds:.1f} s; metrics: {folder / 'metrics.json'}"
               + (f"; predictions: {save_dir}" if save_dir else ""))
+
+
+def _check_same_names(weights: Path, trained_on, cache_path: Path, manifest) -> None:
+    """Weights and data with as many classes and joints can still mean different things by them (another
+    dataset, or a manifest corrected after training): channel i must name the same class and joint."""
+    for what, ours, theirs in (("class", trained_on.classes, manifest.classes),
+                               ("joint", trained_on.joints, manifest.joints)):
+        differ = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+        if differ:
+            i = differ[0]
+            raise MulaError(f"{weights} was trained on {trained_on.name} data whose {what} {i} is {ours[i]!r}, but "
+                            f"{what} {i} of {cache_path} ({manifest.name}) is {theirs[i]!r} ({len(differ)} {what} "
+                            "name(s) differ); evaluate on the data the weights were trained for (--data)")
 
 
 def protocol_record(options, input_size: int) -> dict:

@@ -11,13 +11,17 @@ from typing import Optional
 
 import numpy as np
 import typer
+from rich.markup import escape
 
 from mula_cli.console import err, out
 from mula_cli.devices import check_device_option
 from mula_cli.errors import MulaError
-from mula_cli.files import atomic_write, next_dir, write_json
+from mula_cli.files import atomic_write, next_dir, remove_stale_partials, write_json
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+# Phones' HEIC/HEIF photos are listed too: Pillow reads them only with a plugin, and a folder must
+# name a photo it cannot read (with what to do) rather than leave it out without a word.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".avif", ".heic",
+                  ".heif"}
 
 
 class Source(str, Enum):
@@ -54,7 +58,9 @@ def expand_sources(sources: list[str]) -> list[tuple[Path, Path]]:
     for source in sources:
         path = Path(source).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            # a link whose target is gone is listed too, so that it is reported rather than passed over
+            found = sorted(p for p in path.rglob("*")
+                           if (p.is_file() or (p.is_symlink() and not p.exists())) and p.suffix.lower() in IMAGE_SUFFIXES)
             items += [(p, p.relative_to(path).with_suffix("")) for p in found]
         elif path.exists() or not any(c in source for c in "*?["):
             items.append((path, Path(path.stem)))
@@ -150,6 +156,10 @@ def predict(
     predictor = _predictor(weights, device, flip, fast, bf16, grouping)
     weights_id = hashlib.sha256(Path(predictor.weights).read_bytes()).hexdigest()[:16]
     folder = None if single else (out_dir or next_dir(Path("runs/predict")))
+    targets = [Path(p) for p in (out_path, pose_path, vis_path) if p] if single else \
+        [Path(folder) / stem for _, stem in items]
+    for where in {t.parent for t in targets}:  # what a killed earlier run was writing
+        remove_stale_partials(where)
     failed: list[tuple[Path, str]] = []
     written = 0
     with make_progress(quiet) as bar:
@@ -162,7 +172,7 @@ def predict(
                     chunk.append((file, stem))
                 except MulaError as exc:
                     failed.append((file, str(exc)))
-                    err.print(f"[yellow]skipped[/] {exc}", soft_wrap=True)
+                    err.print(f"[yellow]skipped[/] {escape(str(exc))}", soft_wrap=True)  # names may hold [brackets]
             if chunk:
                 results = predictor.predict_decoded(pictures)
                 for (file, stem), (img, _), result in zip(chunk, pictures, results):
@@ -171,9 +181,10 @@ def predict(
                     written += 1
             bar.advance(task, len(items[start:start + batch_size]))
     where = folder if folder is not None else ", ".join(str(p) for p in (out_path, pose_path, vis_path) if p)
-    out.print(f"{written} image(s) predicted with {predictor.weights}; outputs: {where}")
+    out.print(escape(f"{written} image(s) predicted with {predictor.weights}; outputs: {where}"))
     if failed:
-        err.print(f"[red]{len(failed)} file(s) could not be read[/]: " + ", ".join(str(f) for f, _ in failed[:5]))
+        err.print(f"[red]{len(failed)} file(s) could not be read[/]: " + escape(", ".join(str(f) for f, _ in failed[:5])),
+                  soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -182,7 +193,7 @@ def _predictor(weights: Optional[Path], device: str, flip: bool, fast: bool, bf1
 
     if weights is None:
         weights = newest_best()
-        out.print(f"using weights {weights} (the newest best.pt under runs/train)")
+        out.print(escape(f"using weights {weights} (the newest best.pt under runs/train)"))
     predictor = Predictor(weights, device, flip=flip, fast=fast, bf16=bf16, grouping=grouping)
     err.print(f"prediction path: {predictor.path}", highlight=False)
     return predictor

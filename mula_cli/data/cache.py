@@ -144,23 +144,39 @@ class CacheFile:
         except OSError:
             raise MulaError(f"{self.path} is not a readable HDF5 cache (corrupt or truncated); "
                             "re-create it with `mula prepare ... --force`") from None
-        a = self.file.attrs
-        if a.get("format") != CACHE_FORMAT or "manifest" not in a:
+        try:
+            self._read_attributes()
+        except BaseException:
             self.file.close()
-            raise MulaError(f"{self.path} is not a mula data cache; create one with `mula prepare`")
-        if int(a.get("schema_version", 0)) > SCHEMA_VERSION:
-            self.file.close()
-            raise MulaError(f"{self.path} was written by a newer mula (cache schema {a['schema_version']}); "
-                            "upgrade mula or re-create the cache with `mula prepare ... --force`")
-        if not bool(a.get("complete", False)):
-            self.file.close()
-            raise MulaError(f"{self.path} is incomplete (prepare was interrupted); re-run `mula prepare ... --force`")
-        self.manifest: DatasetManifest = manifest_from_json(a["manifest"])
-        self.dataset = str(a["dataset"])
-        self.fingerprint = str(a.get("fingerprint", ""))
-        self.source = str(a.get("source", ""))
+            raise
         self.splits = [s for s in ("train", "val", "test") if s in self.file] + sorted(
             s for s in self.file if s not in ("train", "val", "test"))
+
+    def _read_attributes(self) -> None:
+        a = self.file.attrs
+        redo = "re-create it with `mula prepare ... --force`"
+        if a.get("format") != CACHE_FORMAT or "manifest" not in a:
+            raise MulaError(f"{self.path} is not a mula data cache; create one with `mula prepare`")
+        try:
+            schema = int(a.get("schema_version", 0))
+        except (TypeError, ValueError):
+            raise MulaError(f"{self.path} has an unreadable schema version ({a.get('schema_version')!r}); "
+                            f"{redo}") from None
+        if schema > SCHEMA_VERSION:
+            raise MulaError(f"{self.path} was written by a newer mula (cache schema {schema}); "
+                            f"upgrade mula or {redo}")
+        if not bool(a.get("complete", False)):
+            raise MulaError(f"{self.path} is incomplete (prepare was interrupted); re-run `mula prepare ... --force`")
+        try:
+            self.manifest: DatasetManifest = manifest_from_json(a["manifest"])
+        except MulaError as exc:
+            raise MulaError(f"the dataset manifest stored in {self.path} is invalid ({exc}); {redo}") from None
+        except (ValueError, TypeError, KeyError) as exc:  # cut-off JSON, a field of the wrong type
+            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+            raise MulaError(f"the dataset manifest stored in {self.path} is damaged ({reason}); {redo}") from None
+        self.dataset = str(a.get("dataset", self.manifest.name))
+        self.fingerprint = str(a.get("fingerprint", ""))  # identifies the data (`mula info`); nothing checks it
+        self.source = str(a.get("source", ""))
 
     def __enter__(self) -> CacheFile:
         return self

@@ -40,7 +40,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from mula_cli.data.cache import CacheFile, CacheSplit
@@ -55,8 +55,23 @@ from mula_cli.data.transforms import (
     warp_image,
     warp_label,
 )
+from mula_cli.errors import MulaError
 from mula_cli.heatmaps import encode_people_heatmaps, swap_joints, swap_labels
 from mula_cli.partition import encode_offsets
+
+
+class DamagedCache(MulaError):
+    """A cached sample that cannot be decoded (the file changed after ``mula prepare`` checked it).
+
+    Raised in a DataLoader worker, it reaches the main process re-created from the worker's whole
+    traceback text (``torch._utils.ExceptionWrapper``); only this error's own line is kept, so the
+    user still reads one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        if "Traceback (most recent call last)" in message:
+            message = message.rstrip().splitlines()[-1].partition(f"{DamagedCache.__name__}: ")[2] or message
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -128,9 +143,15 @@ class MulaDataset(Dataset):
         t = self.table()
         cfg = self.config
         size, stride = cfg.input_size, cfg.stride
-        img = Image.open(io.BytesIO(t.image_bytes(index)))
-        img = img.convert("RGB") if img.mode != "RGB" else img  # convert() would copy even RGB
-        label = t.label(index)
+        try:
+            img = Image.open(io.BytesIO(t.image_bytes(index)))
+            img.load()
+            img = img.convert("RGB") if img.mode != "RGB" else img  # convert() would copy even RGB
+            label = t.label(index)
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:  # bytes changed since `mula prepare` checked them
+            what = "not an image" if isinstance(exc, UnidentifiedImageError) else " ".join(str(exc).split())[:120]
+            raise DamagedCache(f"sample {t.ids[index]} of the cache {t.where} cannot be decoded ({what}); the "
+                               "cache is damaged: re-create it with `mula prepare ... --force`") from None
         joints = t.people(index)[0]  # (P, J, 2), NaN = unlabelled
 
         pixels: dict[str, object]

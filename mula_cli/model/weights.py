@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,16 @@ def save_weights(
 def read_weights_file(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """The raw payload of a weights file, checked to be ours; MulaError (naming the file) if not."""
     path = Path(path)
+    if path.is_dir():  # a run's folder: its weights are in weights/best.pt
+        inside = next((p for p in (path / "weights" / "best.pt", path / "best.pt") if p.is_file()), None)
+        hint = f"did you mean {inside}?" if inside else "pass the .pt file (a run's weights/best.pt)"
+        raise MulaError(f"{path} is a folder, not a weights file; {hint}")
     if not path.is_file():
         raise MulaError(f"weights file {path} does not exist; check the path")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about files it then refuses (old pickle protocols)
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged or unsafe pickles
         reason = describe_load_error(exc)
         raise MulaError(

@@ -129,7 +129,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MulaError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:  # utf-8-sig: Windows editors start UTF-8 files with a byte-order mark, which TOML and JSON refuse
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MulaError(f"config file {path} is not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}); "
+                        "save it as UTF-8") from None
     if path.suffix.lower() == ".toml":
         import tomllib
 
@@ -185,7 +189,12 @@ def _coerce(name: str, value: Any, where: str) -> Any:
 def resolve_config(flags: dict[str, Any], config_file: Optional[Path]) -> TrainConfig:
     """Defaults, then the config file, then the flags the user actually gave (not None)."""
     values: dict[str, Any] = {}
+    given = {k: v for k, v in flags.items() if v is not None}
     if config_file:
         values = {k: _coerce(k, v, str(config_file)) for k, v in read_config_file(config_file).items()}
-    values.update({k: v for k, v in flags.items() if v is not None})
+        try:  # a value the file sets (and no flag overrides) is the file's error: name the file
+            TrainConfig(**{k: v for k, v in values.items() if k not in given})
+        except MulaError as exc:
+            raise MulaError(f"config file {config_file}: {exc}") from None
+    values.update(given)
     return TrainConfig(**values)
