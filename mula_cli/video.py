@@ -251,6 +251,9 @@ class VideoWriter:
             raise MulaError(f"this PyAV has none of the encoders {', '.join(ENCODERS[suffix])} for {suffix}; "
                             "write .mp4 or .avi instead")
         path.parent.mkdir(parents=True, exist_ok=True)
+        # PyAV creates the file only with the first frame: an older video of the same name must not
+        # outlive a run stopped before it (its frames would not be this run's records)
+        path.unlink(missing_ok=True)
         self.path, self.rate = path, rate
         fragmented = suffix in FRAGMENTED_SUFFIXES
         self.container = av.open(str(path), "w", options=dict(FRAGMENTED_OPTIONS) if fragmented else None)

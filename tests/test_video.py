@@ -362,3 +362,14 @@ def test_the_pipeline_names_the_model_as_the_bottleneck_when_it_is(tiny_weights:
     assert len(read_video(tmp_path / "o.mp4")[0]) == len(_lines(tmp_path / "p.jsonl")) == 24
     assert report.bottleneck() == "model" and report.model_busy_s >= 0.7
     assert report.busy_fractions()["model"] > 0.5
+
+
+def test_an_overlay_stopped_before_its_first_frame_leaves_no_older_video_behind(tmp_path: Path) -> None:
+    from fractions import Fraction
+
+    from mula_cli.video import VideoWriter
+
+    old = write_video(tmp_path / "o.mp4", frames=8)  # an earlier run's overlay, same name
+    writer = VideoWriter(old, Fraction(25), 64, 48)
+    writer.close()  # stopped before any frame: its records (none) and its video (none) agree
+    assert not old.exists() or len(read_video(old)[0]) == 0
