@@ -19,6 +19,11 @@ lists every difference and its measured effect. Per picture (H x W, long edge L,
 3. Parsing: scale 1, one pass, no flip: argmax of the logits upsampled to S, pasted into a zero
    (background) map of the resized picture's size, resized to H x W with OpenCV's nearest
    neighbour (``src = floor(dst * src_size / dst_size)``).
+4. Scoring: their PCKh reads the predictions back from that CSV (``utils/calc_pckh.py``,
+   ``read_data``), which turns the text ``nan`` into -1 and then every negative coordinate into 1,
+   x and y each on its own (:func:`as_their_reader_reads`). Their step 2 writes a negative
+   coordinate whenever the argmax lies left of or above the picture, e.g. a joint whose fused
+   heatmap is <= 0 over the whole picture (the first maximum is then the canvas' zero corner).
 """
 
 from __future__ import annotations
@@ -292,6 +297,20 @@ def predict_originals(model: torch.nn.Module, views: torch.Tensor, windows: np.n
             labels = to_original(torch.from_numpy(argmax[i]), _window_affine(window, (h, w)), (h, w))
         results.append(OriginalPrediction(labels, coords, scores))
     return results
+
+
+def as_their_reader_reads(joints: np.ndarray) -> np.ndarray:
+    """Predicted (..., 2) joints as their PCKh script scores them: each NaN or negative coordinate
+    becomes 1, x and y separately (a copy, float64).
+
+    ``utils/calc_pckh.py``, ``read_data``: the text ``nan`` is read as -1 and, for predictions (no
+    visibility column), ``data[data<0] = 1`` on the (images, joints, 2) array. So (-37, 0) is scored
+    as (1, 0), and a missing joint as (1, 1), which is a hit where the ground truth lies near the
+    picture's corner. Ground truth is not touched by this rule (their reader keeps its -1).
+    """
+    out = np.array(joints, dtype=np.float64, copy=True)
+    out[~(out >= 0)] = 1.0  # negative (-0.0 is not) and NaN
+    return out
 
 
 def _check_scales(scales: tuple[float, ...]) -> None:

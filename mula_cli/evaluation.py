@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from mula_cli.authors_protocol import as_their_reader_reads
 from mula_cli.authors_protocol import predict_originals as predict_authors
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
 from mula_cli.data.loader import WorkerLoader
@@ -142,7 +143,9 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
                 pose.update([p.joints for p in found.people], people, gt_boxes=batch["orig_boxes"][i],
                             person_scores=np.array([p.score for p in found.people]))
             elif pose is not None and len(people):
-                pose.update(found.joints, people[0])
+                # the authors' protocol scores the joints as their CSV reader reads them back
+                scored = as_their_reader_reads(found.joints) if options.protocol == AUTHORS else found.joints
+                pose.update(scored, people[0])
             if on_prediction is not None:
                 on_prediction(ImagePrediction(batch["id"][i], found.labels.to(torch.uint8).cpu().numpy(), found.joints,
                                               found.scores, found.people))

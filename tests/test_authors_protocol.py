@@ -213,3 +213,110 @@ def test_views_are_fused_as_they_come_with_the_same_sums() -> None:
         at_1 = Window.from_array(windows[i][scales.index(1.0)])  # factor = base at scale 1
         xs, ys = (px - at_1.store[0] + at_1.crop[0]) / at_1.factor, (py - at_1.store[1] + at_1.crop[1]) / at_1.factor
         assert np.array_equal(got.joints, np.trunc(np.stack([xs, ys], axis=1))), i
+
+
+def test_their_reader_sets_negative_and_nan_coordinates_to_1_each_on_its_own() -> None:
+    """Issue 21: utils/calc_pckh.py read_data reads "nan" as -1, then data[data<0] = 1 on the
+    (images, joints, 2) prediction array: x and y separately, never the whole joint."""
+    from mula_cli.authors_protocol import as_their_reader_reads
+    from mula_cli.metrics import PoseMetrics
+
+    pred = np.array([[-37.0, 0.0], [20.0, -3.0], [np.nan, np.nan], [np.nan, 12.0], [-0.0, 5.0], [7.0, 8.0]])
+    read = as_their_reader_reads(pred)
+    np.testing.assert_array_equal(read, [[1, 0], [20, 1], [1, 1], [1, 12], [0, 5], [7, 8]])
+    assert np.isnan(pred[2]).all() and pred[0, 0] == -37.0  # a copy: the saved predictions keep theirs
+
+    # scored: a joint read as (1, 1) hits ground truth near the corner; head size 20, threshold 10
+    gt = np.full((16, 2), np.nan)
+    gt[8], gt[9] = (10.0, 5.0), (10.0, 25.0)
+    gt[0], gt[1], gt[2] = (4.0, 4.0), (20.0, 3.0), (9.0, 40.0)
+    joints = np.full((16, 2), 500.0)
+    joints[8], joints[9] = gt[8], gt[9]
+    joints[0], joints[1], joints[2] = (np.nan, np.nan), (20.0, -30.0), (-50.0, 40.0)
+    for rule, hits in ((as_their_reader_reads, [100.0, 100.0, 100.0]), (np.asarray, [0.0, 0.0, 0.0])):
+        metrics = PoseMetrics(LIP)
+        metrics.update(rule(joints), gt)
+        assert metrics.compute()["joint_pckh"][:3] == hits, rule
+
+    # where negatives come from: every heatmap <= 0 over the picture (Probe: -255 j on pure green), so
+    # the first maximum is the fused canvas' zero corner, left of the picture: x = (0 - 15 + 0) / base
+    green = np.zeros((90, 50, 3), np.uint8)
+    green[..., 1] = 255
+    from mula_cli.authors_protocol import authors_views
+
+    sample = authors_views(Image.fromarray(green), SIZE, (1.0,))
+    found = predict_originals(Probe(), torch.from_numpy(sample["views"])[None], sample["windows"][None],
+                              [(90, 50)], LIP, (1.0,))[0]
+    assert (found.joints == (-21.0, 0.0)).all()  # int(-15 / 0.711); their CSV holds -21, 0
+    assert (as_their_reader_reads(found.joints) == (1.0, 0.0)).all()
+
+
+def _their_pckh(pred_rows: list[list[str]], gt_csv: Path) -> float:
+    """Their PCKh@0.5 Avg, re-done from NieXC/pytorch-mula utils/calc_pckh.py (read_data,
+    get_head_size, get_norm_dist, compute_pck): the prediction rows and the ground-truth CSV as text."""
+    def read(rows: list[list[str]], gt: bool) -> np.ndarray:
+        data = np.array([[-1.0 if v == "nan" else float(v) for v in row[1:]] for row in rows])
+        data = data.reshape(len(rows), -1, 3 if gt else 2)[:, :, :2]
+        if not gt:
+            data[data < 0] = 1
+        return data
+
+    pred = read(pred_rows, gt=False)
+    gt = read([line.split(",") for line in gt_csv.read_text().split()], gt=True)
+    head = np.linalg.norm(gt[:, 9] - gt[:, 8], axis=1)
+    head[(gt[:, 8, 0] < 0) | (gt[:, 9, 0] < 0)] = 0
+    dist = np.full(gt.shape[:2], -1.0)
+    for n in range(len(gt)):
+        if head[n] != 0:
+            dist[n] = np.linalg.norm(gt[n] - pred[n], axis=1) / head[n]
+            dist[n, (gt[n, :, 0] < 0) | (gt[n, :, 1] < 0)] = -1
+    d = dist[:, list(range(0, 6)) + list(range(8, 16))]
+    return 100.0 * float(np.mean(d[d >= 0] <= 0.5))
+
+
+def test_evaluate_scores_negative_and_nan_joints_as_their_reader(tiny_weights: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21: under --protocol authors, PCKh is what their CSV reader + PCKh script make of the
+    predictions, negative and NaN coordinates included."""
+    import mula_cli.evaluation as evaluation
+    from mula_cli.data.prepare import prepare_dataset
+
+    from trees import build_lip_tree, csv_row, lip_paths
+
+    truth = build_lip_tree(tmp_path / "LIP", counts={"train": 1, "val": 3}, seed=2)["val"]
+    rows = []
+    for sid, (_, _, joints) in truth.items():  # both head joints labelled (head 20), joints 0-4 near the corner
+        joints[8], joints[9] = (10, 5), (10, 25)
+        joints[0], joints[1], joints[2], joints[3], joints[4] = (4, 4), (20, 3), (3, 30), (25, 35), (2, 36)
+        rows.append(csv_row(sid, joints))
+    gt_csv = lip_paths(tmp_path / "LIP", "official", "val")["csv"]
+    gt_csv.write_text("\n".join(rows) + "\n")
+    cache = tmp_path / "lip.h5"
+    prepare_dataset(LIP, tmp_path / "LIP", cache)
+
+    ids, predicted = list(truth), []
+    real = evaluation.predict_authors
+
+    def planted(*args, **kwargs):
+        found = real(*args, **kwargs)
+        for f in found:  # (1, 1) after their reader: hits; old scoring: misses
+            f.joints[0] = (np.nan, np.nan)  # read as (1, 1): 4.2 from (4, 4)
+            f.joints[1] = (20, -30)  # (20, 1): x and y each on its own, a hit; per joint (1, 1) would miss
+            f.joints[2] = (-40, 30)  # (1, 30): a hit
+            f.joints[3] = (np.nan, -2)  # (1, 1): a miss either way
+            f.joints[4] = (-1, 36)  # (1, 36): a hit both ways
+            predicted.append([f"{ids[len(predicted)]}.jpg", *[str(v).lower() for v in f.joints.ravel()]])
+        return found
+
+    monkeypatch.setattr(evaluation, "predict_authors", planted)
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("evaluate", tiny_weights, "--data", cache, "--protocol", "authors", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(next((tmp_path / "runs" / "evaluate").glob("*/metrics.json")).read_text())
+    assert len(predicted) == 3 and doc["pose"]["images"] == 3
+    expected = _their_pckh(predicted, gt_csv)
+    assert doc["pose"]["pckh"] == pytest.approx(expected, abs=1e-9)
+    assert doc["pose"]["groups"]["Avg"] == pytest.approx(expected, abs=1e-9)
+    assert f"{expected:.2f}" in result.output
+    joint = doc["pose"]["joint_pckh"]
+    assert joint[0] == joint[1] == joint[2] == 100.0 and joint[3] == 0.0 and joint[4] == 100.0
