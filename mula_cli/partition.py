@@ -8,9 +8,10 @@ half the input side, as PPN normalises it. Where the same joint type of several 
 the cell belongs to the nearest joint (PPN lets the last person listed overwrite instead).
 
 Decoding (:func:`group_people`) follows PPN's test code at stride s instead of at input resolution:
-blur, local maxima above a threshold (joint candidates), each candidate's vote = its cell centre
-plus its offset, hierarchical clustering of the votes (centroid linkage, distance threshold), and
-within a cluster that holds the same joint type twice, a split into several people.
+blur, local maxima above a threshold (joint candidates; the highest few per joint type), each
+candidate's vote = its cell centre plus its offset, hierarchical clustering of the votes (centroid
+linkage, distance threshold), and within a cluster that holds the same joint type twice, a split into
+several people.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from torch import Tensor
 from mula_cli.data.transforms import apply_affine
 from mula_cli.errors import MulaError
 from mula_cli.heatmaps import encode_heatmaps, grid_centers
+
+#: Default cap on joint candidates per joint type (:attr:`GroupingConfig.max_candidates`)
+MAX_CANDIDATES = 30
 
 
 def _input_hw(input_size: int | tuple[int, int] | None, out_hw: tuple[int, int],
@@ -93,6 +97,31 @@ def flip_offsets(offsets: Tensor, flip_index: list[int]) -> Tensor:
     return offsets.flip(-1).index_select(-3, index) * sign[:, None, None]
 
 
+def _integral(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+# field: (test, requirement); the command-line options name the requirement with their own names
+_LIMITS = {
+    "peak_threshold": (lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
+    "nms_window": (lambda v: _integral(v) and v >= 1, "an integer of at least 1"),
+    "blur_sigma": (lambda v: _number(v) and 0 <= v < float("inf"), "at least 0 (0 = no blur)"),
+    "cluster_distance": (lambda v: _number(v) and 0 < v <= 2, "in (0, 2] (a fraction of the input side)"),
+    "join_distance": (lambda v: _number(v) and 0 < v <= 2, "in (0, 2] (a fraction of the input side)"),
+    "min_joints": (lambda v: _integral(v) and v >= 1, "an integer of at least 1"),
+    "max_candidates": (lambda v: _integral(v) and v >= 1, "an integer of at least 1"),
+}
+
+
+def _broken_limits(values: dict[str, object]) -> list[tuple[str, str]]:
+    """(field, requirement) of every value in ``values`` outside its field's range."""
+    return [(name, _LIMITS[name][1]) for name, value in values.items() if not _LIMITS[name][0](value)]
+
+
 @dataclass(frozen=True)
 class GroupingConfig:
     """Thresholds of :func:`group_people`.
@@ -102,11 +131,18 @@ class GroupingConfig:
         nms_window: side, in cells, of the window a candidate is the maximum of.
         blur_sigma: Gaussian blur of the heatmaps before peak finding, input pixels (PPN: 3); 0 = none.
         cluster_distance: distance threshold of the hierarchical clustering of votes, as a fraction of
-            the longer input side (PPN ``dist_th`` 120 px with 384-px test crops).
+            the longer input side; 120/384 by default. PPN's ``dist_th`` is 120 px of the original
+            picture, not of its 384-px test crop (docs/multi_person.md, "The grouping radius").
         join_distance: inside a cluster holding a joint type twice, the largest distance, as a fraction
             of the longer input side, from a candidate's vote to a person's mean vote for it to join
             that person; farther candidates start a new person.
         min_joints: people with fewer joints are dropped (PPN keeps people with 4 joints or more).
+        max_candidates: at most this many candidates per joint type, the highest peaks (as OpenPose-
+            style decoders cap them): an untrained or diverging network's noise maps otherwise give
+            thousands of candidates, hundreds of people and seconds of clustering per picture.
+
+    Raises:
+        ValueError: naming every field out of its range.
     """
 
     peak_threshold: float = 0.1
@@ -115,11 +151,13 @@ class GroupingConfig:
     cluster_distance: float = 120.0 / 384.0
     join_distance: float = 0.125
     min_joints: int = 4
+    max_candidates: int = MAX_CANDIDATES
 
     def __post_init__(self) -> None:
-        if not 0 <= self.peak_threshold < 1 or not 0 < self.cluster_distance <= 2 or self.min_joints < 1:
-            raise MulaError("--min-score must be in [0, 1), --group-distance in (0, 2] (a fraction of the input side) "
-                            "and --min-joints at least 1")
+        broken = _broken_limits({name: getattr(self, name) for name in _LIMITS})
+        if broken:
+            problems = (f"{name} must be {need} (got {getattr(self, name)!r})" for name, need in broken)
+            raise ValueError("GroupingConfig: " + "; ".join(problems))
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,11 +180,25 @@ class Person:
         return Person(np.concatenate([xy, self.joints[:, 2:]], axis=1), self.score)
 
 
+#: The command-line option of each field that has one (``mula evaluate`` / ``mula predict``)
+_OPTION_OF = {"peak_threshold": "--min-score", "cluster_distance": "--group-distance",
+              "min_joints": "--min-joints"}
+
+
 def grouping_from_options(min_score: float | None, group_distance: float | None,
                           min_joints: int | None) -> GroupingConfig:
-    """The command-line options of ``mula evaluate`` / ``mula predict`` as a config (None keeps a default)."""
+    """The command-line options of ``mula evaluate`` / ``mula predict`` as a config (None keeps a default).
+
+    Raises:
+        MulaError: one line naming the options (not the fields) out of range.
+    """
     given = {"peak_threshold": min_score, "cluster_distance": group_distance, "min_joints": min_joints}
-    return replace(GroupingConfig(), **{k: v for k, v in given.items() if v is not None})  # checked there
+    given = {k: v for k, v in given.items() if v is not None}
+    broken = _broken_limits(given)
+    if broken:
+        raise MulaError("; ".join(f"{_OPTION_OF[name]} must be {need}, not {given[name]}"
+                                  for name, need in broken))
+    return replace(GroupingConfig(), **given)
 
 
 def _as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
@@ -164,6 +216,18 @@ def _find_peaks(maps: np.ndarray, window: int, threshold: float) -> tuple[np.nda
     rank = np.where(peak, np.arange(maps.size).reshape(maps.shape), -1)
     peak &= rank == maximum_filter(rank, size=size, mode="constant", cval=-1)
     return np.nonzero(peak)
+
+
+def _best_per_type(maps: np.ndarray, t: np.ndarray, r: np.ndarray, c: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` highest of the peaks (t, r, c) of each joint type in ``maps``, still in raster order.
+
+    Ties keep the earlier peak in raster order."""
+    order = np.lexsort((-maps[t, r, c], t))  # by type, then by value, highest first (stable)
+    by_type = t[order]
+    rank = np.arange(len(order)) - np.searchsorted(by_type, by_type, side="left")  # place within its type
+    keep = np.sort(order[rank < k])
+    return t[keep], r[keep], c[keep]
 
 
 def _subcell(maps: np.ndarray, t: np.ndarray, r: np.ndarray, c: np.ndarray, axis: int) -> np.ndarray:
@@ -187,8 +251,10 @@ def _split(types: np.ndarray, votes: np.ndarray, join_px: float) -> list[list[in
     """Split one cluster that holds some joint type twice into people (lists of member indices).
 
     Types go most-detected first (they seed the most people); each type's candidates are matched one to
-    one to the people so far by vote distance (Hungarian); matches farther than ``join_px`` and
-    unmatched candidates start new people. PPN does the same greedily, seeding people from necks."""
+    one to the people so far by vote distance (Hungarian) among the pairs within ``join_px`` (the gate
+    comes first: a candidate whose nearest person goes to another candidate can still join the next
+    nearest within the gate); unmatched candidates start new people. PPN does the same greedily,
+    seeding people from necks."""
     kinds, counts = np.unique(types, return_counts=True)
     members: list[list[int]] = []
     sums = np.zeros((0, 2))
@@ -196,10 +262,14 @@ def _split(types: np.ndarray, votes: np.ndarray, join_px: float) -> list[list[in
         cand = np.flatnonzero(types == k)
         joined = np.zeros(len(cand), dtype=bool)
         if members:
-            cost = cdist(votes[cand], sums / np.array([len(m) for m in members])[:, None])
+            dist = cdist(votes[cand], sums / np.array([len(m) for m in members])[:, None])
+            gated = dist > join_px
+            # a forbidden pair costs more than any set of allowed ones: the assignment has as many
+            # allowed pairs as possible, and among those the shortest total distance
+            cost = np.where(gated, dist[~gated].sum() + 1.0, dist)
             rows, cols = linear_sum_assignment(cost)
             for row, col in zip(rows, cols):
-                if cost[row, col] <= join_px:
+                if not gated[row, col]:
                     members[col].append(int(cand[row]))
                     sums[col] += votes[cand[row]]
                     joined[row] = True
@@ -237,6 +307,7 @@ def group_people(heatmaps: Tensor | np.ndarray, offsets: Tensor | np.ndarray, st
     cells = cfg.blur_sigma / stride
     maps = gaussian_filter(raw, sigma=(0, cells, cells)) if cells > 0 else raw
     t, r, c = _find_peaks(maps, cfg.nms_window, cfg.peak_threshold)
+    t, r, c = _best_per_type(maps, t, r, c, cfg.max_candidates)  # clustering is O(n^2) in candidates
     if len(t) == 0:
         return []
     cell_x, cell_y = grid_centers(raw.shape[2], stride)[c], grid_centers(raw.shape[1], stride)[r]

@@ -8,9 +8,19 @@ import numpy as np
 import pytest
 import torch
 
+from mula_cli.errors import MulaError
 from mula_cli.heatmaps import encode_people_heatmaps, flip_heatmaps, flip_joints
 from mula_cli.manifests import load_manifest
-from mula_cli.partition import GroupingConfig, Person, encode_offsets, flip_offsets, group_people
+from mula_cli.partition import (
+    GroupingConfig,
+    Person,
+    encode_offsets,
+    flip_offsets,
+    group_people,
+    grouping_from_options,
+)
+
+from conftest import run_cli
 
 SIZE, STRIDE, SIGMA = 256, 4, 7.0
 CELLS = SIZE // STRIDE
@@ -284,3 +294,96 @@ def test_non_finite_network_outputs_do_not_break_grouping() -> None:
     offsets[3, 10, 12] = np.nan
     people = group_people(heat, offsets, 4, 128, GroupingConfig(min_joints=1, nms_window=1))
     assert isinstance(people, list) and all(np.isfinite(p.score) for p in people)
+
+
+def _noise(side: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An untrained or diverging network's output: uniform heatmaps, offsets of random length."""
+    rng = np.random.default_rng(seed)
+    heat = rng.random((J, side, side)).astype(np.float32)
+    offsets = rng.normal(0.0, 0.3, (2 * J, side, side)).astype(np.float32)
+    return heat, offsets
+
+
+def test_noise_maps_give_at_most_the_capped_candidates_per_joint_type() -> None:
+    """Noise maps have ~500 local maxima per type at 96x96: only the best ``max_candidates`` of each type
+    are clustered, which bounds the people and the time (O(n^2) clustering)."""
+    heat, offsets = _noise(96)
+    cap = GroupingConfig().max_candidates
+    assert 20 <= cap <= 30
+    every = group_people(heat, offsets, 4, 384, GroupingConfig(peak_threshold=0.0, min_joints=1))
+    per_type = np.isfinite(np.stack([p.joints[:, 0] for p in every])).sum(0)  # every candidate is someone's
+    assert (per_type <= cap).all() and per_type.sum() >= J * cap // 2, per_type
+    # the people too: each has min_joints of the J * cap candidates or more
+    found = group_people(heat, offsets, 4, 384, GroupingConfig(peak_threshold=0.0))
+    assert 0 < len(found) <= J * cap // GroupingConfig().min_joints
+    few = GroupingConfig(peak_threshold=0.0, min_joints=1, max_candidates=3)
+    small = group_people(heat, offsets, 4, 384, few)
+    assert (np.isfinite(np.stack([p.joints[:, 0] for p in small])).sum(0) <= 3).all()
+
+
+def test_the_cap_keeps_the_highest_peaks_and_changes_nothing_on_ordinary_maps() -> None:
+    heat = np.zeros((J, 32, 32), np.float32)
+    values = np.linspace(0.2, 0.9, 8)
+    for i, v in enumerate(values):  # 8 peaks of joint 0, far apart, increasing along the row
+        heat[0, 4 + 3 * (i // 4), 4 + 6 * (i % 4)] = v
+    offsets = np.zeros((2 * J, 32, 32), np.float32)
+    cfg = GroupingConfig(min_joints=1, nms_window=1, blur_sigma=0.0, max_candidates=3)
+    kept = sorted(p.joints[0, 2] for p in group_people(heat, offsets, 4, 128, cfg))
+    np.testing.assert_allclose(kept, values[-3:], rtol=1e-6)
+    rng = np.random.default_rng(500)
+    for i in range(4):
+        people = _scene(rng, 5 if i % 2 else int(rng.integers(1, 7)), crowd=bool(i % 2))
+        heat, offsets = _targets(people)
+        capped = group_people(heat, offsets, STRIDE, SIZE)
+        free = group_people(heat, offsets, STRIDE, SIZE, GroupingConfig(max_candidates=10**6))
+        assert len(capped) == len(free)
+        for a, b in zip(capped, free):
+            np.testing.assert_array_equal(a.joints, b.joints)
+
+
+def test_a_joint_pairs_with_the_next_nearest_person_within_the_gate() -> None:
+    """Inside one cluster, joint 0 seeds two people, A and B (votes 60 px apart); of the two joint-1
+    candidates, c1 votes on A and c2 60 px from A but 70 px from B. The shortest total pairs c1-A, c2-B,
+    which the 65-px gate forbids; gating first pairs c1-B and c2-A, both within the gate, so c2 is kept."""
+    side, stride = 256, 4
+    cells = side // stride
+    heat = np.zeros((J, cells, cells), np.float32)
+    offsets = np.zeros((2 * J, cells, cells), np.float32)
+    dx, dy = 60.0 * 23 / 72, math.sqrt(60.0**2 - (60.0 * 23 / 72) ** 2)  # |c2 - A| = 60, |c2 - B| = 70
+    votes = {(0, 10, 10): (100.0, 100.0), (0, 10, 50): (160.0, 100.0),  # A, B
+             (1, 50, 10): (100.0, 100.0), (1, 50, 50): (100.0 + dx, 100.0 + dy)}  # c1, c2
+    for (t, r, c), (vx, vy) in votes.items():
+        heat[t, r, c] = 1.0
+        centre_x, centre_y = (c + 0.5) * stride - 0.5, (r + 0.5) * stride - 0.5
+        offsets[2 * t, r, c] = (vx - centre_x) / (side / 2)
+        offsets[2 * t + 1, r, c] = (vy - centre_y) / (side / 2)
+    cfg = GroupingConfig(min_joints=2, join_distance=65.0 / side)
+    found = group_people(heat, offsets, stride, side, cfg)
+    assert len(found) == 2, f"{len(found)} people: {[p.joints[:2, :2].tolist() for p in found]}"
+    assert all(np.isfinite(p.joints[:2, 0]).all() for p in found)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("peak_threshold", 1.0), ("peak_threshold", -0.1), ("peak_threshold", NAN), ("nms_window", 0),
+    ("nms_window", 2.5), ("blur_sigma", -1.0), ("blur_sigma", math.inf), ("cluster_distance", 0.0),
+    ("cluster_distance", 5.0), ("join_distance", 0.0), ("join_distance", 3.0), ("min_joints", 0),
+    ("max_candidates", 0), ("max_candidates", 2.0)])
+def test_grouping_config_names_the_field_out_of_range(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"^GroupingConfig: {field} must be") as caught:
+        GroupingConfig(**{field: value})
+    assert not isinstance(caught.value, MulaError) and "--" not in str(caught.value)
+
+
+def test_the_grouping_options_are_refused_with_their_flag_names() -> None:
+    assert grouping_from_options(None, None, None) == GroupingConfig()
+    given = GroupingConfig(peak_threshold=0.0, cluster_distance=0.5, min_joints=1)
+    assert grouping_from_options(0.0, 0.5, 1) == given
+    for args, flag in (((1.5, None, None), "--min-score"), ((None, 5.0, None), "--group-distance"),
+                       ((None, None, 0), "--min-joints")):
+        with pytest.raises(MulaError, match=f"^{flag} must be") as caught:
+            grouping_from_options(*args)
+        assert "\n" not in str(caught.value) and "_" not in str(caught.value)
+    refused = run_cli("predict", "missing.jpg", "--device", "cpu", "--min-score", "1.5", "--min-joints", "0")
+    assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+    assert "--min-score must be in [0, 1)" in refused.output and "--min-joints must be" in refused.output
+    assert "peak_threshold" not in refused.output

@@ -29,7 +29,7 @@ def evaluate(
     save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="Also write the LIP pose CSV and one label PNG per image here."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Multi-person models: smallest heatmap peak that counts as a joint candidate. Default: 0.1 (Pose Partition Networks).", rich_help_panel="Multi-person"),
-    group_distance: Optional[float] = typer.Option(None, "--group-distance", help="Multi-person models: votes for person centres closer than this fraction of the input side form one person. Default: 0.3125 (PPN's 120 px at 384).", rich_help_panel="Multi-person"),
+    group_distance: Optional[float] = typer.Option(None, "--group-distance", help="Multi-person models: votes for person centres closer than this fraction of the input side form one person. Default: 0.3125 (PPN's radius is 120 px of the original picture, 0.24 of a 500-px one; see docs/multi_person.md).", rich_help_panel="Multi-person"),
     min_joints: Optional[int] = typer.Option(None, "--min-joints", help="Multi-person models: people with fewer joints are dropped. Default: 4 (PPN).", rich_help_panel="Multi-person"),
     pose_reference: str = typer.Option("head", "--pose-reference", help="Multi-person mAP: the distance a joint must fall within half of: head (head-top to neck of the annotated person; 0.13 x the box diagonal where either is missing) or box (always 0.13 x the box diagonal).", rich_help_panel="Multi-person"),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0, help="Data-loading processes. Default: 4, at most one per CPU core."),

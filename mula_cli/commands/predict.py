@@ -123,7 +123,7 @@ def predict(
     fast: bool = typer.Option(True, "--fast/--eager", help="The fast path (BatchNorm folded, channels_last, fused convolutions; same results up to float rounding) or the plain eager model."),
     bf16: bool = typer.Option(False, "--bf16", help="Run the network in bfloat16 (autocast): faster on recent GPUs; results differ from float32 beyond rounding."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Multi-person models: smallest heatmap peak that counts as a joint candidate. Default: 0.1 (Pose Partition Networks).", rich_help_panel="Multi-person"),
-    group_distance: Optional[float] = typer.Option(None, "--group-distance", help="Multi-person models: votes for person centres closer than this fraction of the input side form one person. Default: 0.3125 (PPN's 120 px at 384).", rich_help_panel="Multi-person"),
+    group_distance: Optional[float] = typer.Option(None, "--group-distance", help="Multi-person models: votes for person centres closer than this fraction of the input side form one person. Default: 0.3125 (PPN's radius is 120 px of the original picture, 0.24 of a 500-px one; see docs/multi_person.md).", rich_help_panel="Multi-person"),
     min_joints: Optional[int] = typer.Option(None, "--min-joints", help="Multi-person models: people with fewer joints are dropped. Default: 4 (PPN).", rich_help_panel="Multi-person"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
