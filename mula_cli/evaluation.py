@@ -105,7 +105,7 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
                    options: InferenceOptions = InferenceOptions(), amp_dtype: torch.dtype | None = None,
                    progress: Callable[[int], None] | None = None,
                    on_prediction: Callable[[ImagePrediction], None] | None = None,
-                   pose_reference: str = "head") -> EvalResult:
+                   pose_reference: str = "head", map_protocol: str = "strict") -> EvalResult:
     """Score ``model`` on every batch of ``loader`` (from :func:`eval_loader`).
 
     Args:
@@ -118,6 +118,7 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
         progress: called with the number of images done after each batch.
         on_prediction: receives each image's prediction at original resolution (e.g. to save it).
         pose_reference: multi-person mAP's reference distance (see mula_cli.multi_person_metrics).
+        map_protocol: multi-person mAP's edge rules, strict or mpii (see mula_cli.multi_person_metrics).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -127,7 +128,8 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
         if options.protocol == AUTHORS:
             raise MulaError("--protocol authors is the authors' single-person LIP test; multi-person models "
                             "use the default protocol")
-        pose: PoseMetrics | MultiPersonPoseAP | None = MultiPersonPoseAP(manifest, reference=pose_reference)
+        pose: PoseMetrics | MultiPersonPoseAP | None = MultiPersonPoseAP(manifest, reference=pose_reference,
+                                                                         protocol=map_protocol)
     else:
         pose = None if manifest.multi_person else PoseMetrics(manifest, device=device)
     images = 0

@@ -33,6 +33,19 @@ mean of the person's finite joint scores); where both are missing, ranked last. 
 also breaks ties when two predictions match a ground truth equally well (MPII takes the first one
 listed, which is the same when predictions come sorted by person score).
 
+Edge rules (option ``protocol``): ``"strict"`` (default) scores every picture as above: ground truth
+of a picture without predictions is missed, predictions of a picture without ground truth are false
+positives, an equal match goes to the higher person score, a NaN joint score falls back to the person
+score, and a joint type without ground truth is NaN and left out of the means. ``"mpii"`` reproduces
+MPII's ``evaluateAP`` / ``assignGTmulti`` / ``getRPC`` exactly on these cases: a picture without
+predicted people (rows) or without ground-truth people adds nothing, neither ground truth nor
+detections (``assignGTmulti`` fills ``hasGT`` and ``hasPred`` only inside its loop over
+prediction-ground truth pairs); an equal match goes to the first prediction listed (MATLAB's ``max``);
+a NaN joint score stays NaN and ranks first (MATLAB's ``sort(..., 'descend')`` puts NaN first; equal
+scores keep their order, first listed first, under both protocols); a joint type without ground truth
+has AP NaN when it has detections (recall 0/0) and 0 when it has none, and mAP and the groups are
+plain means, NaN as soon as one joint type is NaN (MATLAB's ``mean``).
+
 The accumulator holds every detection, not sums: AP cannot be added across ranks, so ranks pool
 their detections (:meth:`MultiPersonPoseAP.gather`, or ``state()`` / ``merge()``).
 """
@@ -55,13 +68,23 @@ REFERENCES = {
     "box": f"{HEAD_BOX_FRACTION} x the diagonal of each ground-truth person's box "
            "(given box, else box of its labelled joints)",
 }
+PROTOCOLS = ("strict", "mpii")  # edge rules; see the module docstring
 
 
-def voc_ap(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> float:
-    """VOC all-point interpolated AP in percent (MPII's ``VOCap``); NaN when there is no ground truth."""
+def voc_ap(scores: np.ndarray, tp: np.ndarray, num_gt: int, protocol: str = "strict") -> float:
+    """VOC all-point interpolated AP in percent (MPII's ``VOCap``) of detections ranked by score.
+
+    Equal scores keep their order (first listed first). Without ground truth: NaN under ``"strict"``;
+    under ``"mpii"`` NaN when there are detections and 0 when there are none, as MPII's ``getRPC`` and
+    ``VOCap`` give. ``"mpii"`` also ranks NaN scores first (MATLAB's descending sort), ``"strict"`` last.
+    """
+    scores = np.asarray(scores, np.float64)
     if num_gt == 0:
-        return float("nan")
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")  # stable: ties keep input order
+        return float("nan") if protocol == "strict" or scores.size else 0.0
+    if protocol == "mpii":  # lexsort is stable; its last key (NaN or not) sorts first
+        order = np.lexsort((-np.where(np.isnan(scores), 0.0, scores), ~np.isnan(scores)))
+    else:
+        order = np.argsort(-scores, kind="stable")  # stable: ties keep input order
     hits = np.asarray(tp, bool)[order]
     ctp = np.cumsum(hits)
     recall = ctp / num_gt
@@ -80,14 +103,19 @@ class MultiPersonPoseAP:
         manifest: gives the joints, the head-top and neck joints and the reported groups.
         threshold: matching radius as a fraction of the reference distance.
         reference: ``"head"`` or ``"box"`` (see the module docstring).
+        protocol: edge rules, ``"strict"`` or ``"mpii"`` (see the module docstring).
     """
 
-    def __init__(self, manifest: DatasetManifest, threshold: float = 0.5, reference: str = "head") -> None:
+    def __init__(self, manifest: DatasetManifest, threshold: float = 0.5, reference: str = "head",
+                 protocol: str = "strict") -> None:
         if reference not in REFERENCES:
             raise ValueError(f"reference must be one of {sorted(REFERENCES)}, not {reference!r}")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, not {protocol!r}")
         self.manifest = manifest
         self.threshold = float(threshold)
         self.reference = reference
+        self.protocol = protocol
         self._reset()
 
     def _reset(self) -> None:
@@ -95,7 +123,8 @@ class MultiPersonPoseAP:
         self._scores: list[list[np.ndarray]] = [[] for _ in range(j)]
         self._tp: list[list[np.ndarray]] = [[] for _ in range(j)]
         self._gt_counts = np.zeros(j, np.int64)
-        self._counts = {"images": 0, "gt_people": 0, "pred_people": 0, "unmatchable_gt_people": 0}
+        self._counts = {"images": 0, "gt_people": 0, "pred_people": 0, "unmatchable_gt_people": 0,
+                        "ignored_gt_people": 0, "ignored_pred_people": 0}  # ignored: "mpii" only
 
     def _references(self, gt: np.ndarray, labelled: np.ndarray, boxes: np.ndarray | None) -> np.ndarray:
         """Reference distance per gt person (NaN = cannot be matched)."""
@@ -138,6 +167,14 @@ class MultiPersonPoseAP:
             if len(person) != len(pred):
                 raise ValueError(f"{len(person)} person scores for {len(pred)} predicted people")
         labelled = np.isfinite(gt).all(-1)  # (P, J)
+        mpii = self.protocol == "mpii"
+        if mpii and (len(pred) == 0 or len(gt) == 0):  # MPII counts nothing of a one-sided picture
+            self._counts["images"] += 1
+            self._counts["gt_people"] += len(gt)
+            self._counts["pred_people"] += int(predicted.any(1).sum())
+            self._counts["ignored_gt_people"] += len(gt)
+            self._counts["ignored_pred_people"] += int(predicted.any(1).sum())
+            return
         ref = self._references(gt, labelled, boxes)
 
         dist = np.linalg.norm(xy[:, None] - gt[None], axis=-1)  # (Q, P, J), NaN unless both present
@@ -151,8 +188,10 @@ class MultiPersonPoseAP:
             keep[np.arange(len(pred)), score.argmax(1)] = True
             score = np.where(keep, score, 0.0)
             # ...then each ground truth takes its best remaining prediction; a prediction has at most one
-            # nonzero column, so this is one to one. Scanning in person-score order breaks ties by it.
-            order = np.argsort(-np.where(np.isnan(person), -np.inf, person), kind="stable")
+            # nonzero column, so this is one to one. Scanning in person-score order breaks ties by it
+            # ("strict"); MPII's max takes the first prediction listed.
+            order = (np.arange(len(pred)) if mpii
+                     else np.argsort(-np.where(np.isnan(person), -np.inf, person), kind="stable"))
             best = order[score[order].argmax(0)]
             found = score[best, np.arange(len(gt))] > 0
             assigned[best[found]] = np.flatnonzero(found)
@@ -160,8 +199,11 @@ class MultiPersonPoseAP:
         tp = np.zeros(predicted.shape, bool)
         hit = assigned >= 0
         tp[hit] = match[np.flatnonzero(hit), assigned[hit]]
-        det_scores = np.where(np.isfinite(joint_scores), joint_scores, person[:, None])
-        det_scores = np.where(np.isnan(det_scores), -np.inf, det_scores)  # no score at all: ranked last
+        if mpii:
+            det_scores = joint_scores  # NaN stays NaN: voc_ap ranks it first
+        else:
+            det_scores = np.where(np.isfinite(joint_scores), joint_scores, person[:, None])
+            det_scores = np.where(np.isnan(det_scores), -np.inf, det_scores)  # no score at all: ranked last
         for k in range(j):
             rows = predicted[:, k]
             if rows.any():
@@ -180,6 +222,7 @@ class MultiPersonPoseAP:
             "tp": [np.concatenate(t) if t else np.zeros(0, bool) for t in self._tp],
             "gt_counts": self._gt_counts.copy(),
             "counts": dict(self._counts),
+            "protocol": self.protocol,
         }
 
     def merge(self, other: MultiPersonPoseAP | dict[str, Any]) -> None:
@@ -187,12 +230,14 @@ class MultiPersonPoseAP:
         state = other.state() if isinstance(other, MultiPersonPoseAP) else other
         if len(state["scores"]) != self.manifest.num_joints:
             raise ValueError("merging a state of a different number of joints")
+        if state.get("protocol", self.protocol) != self.protocol:
+            raise ValueError(f"merging a {state['protocol']!r} state into a {self.protocol!r} accumulator")
         for k in range(self.manifest.num_joints):
             self._scores[k].append(np.asarray(state["scores"][k], np.float64))
             self._tp[k].append(np.asarray(state["tp"][k], bool))
         self._gt_counts += np.asarray(state["gt_counts"], np.int64)
         for key, value in state["counts"].items():
-            self._counts[key] += int(value)
+            self._counts[key] = self._counts.get(key, 0) + int(value)
 
     def gather(self) -> None:
         """Pool every rank's detections in rank order, so that each rank computes the whole set's AP.
@@ -210,17 +255,21 @@ class MultiPersonPoseAP:
     all_reduce = gather  # the name the single-person accumulators use in evaluation loops
 
     def compute(self) -> dict[str, object]:
-        """AP per joint, mAP, group means (percent, NaN = no ground truth), threshold, reference and counts."""
+        """AP per joint, mAP, group means (percent, NaN = no ground truth), threshold, reference, protocol
+        and counts."""
         state = self.state()
-        ap = np.array([voc_ap(s, t, int(n)) for s, t, n in zip(state["scores"], state["tp"], self._gt_counts)])
-
-        groups = {name: nanmean(ap[list(js)]) for name, js in self.manifest.pckh.groups.items()}
+        ap = np.array([voc_ap(s, t, int(n), self.protocol)
+                       for s, t, n in zip(state["scores"], state["tp"], self._gt_counts)])
+        # "strict" leaves joint types without ground truth out; MPII's mean does not skip NaN
+        mean = nanmean if self.protocol == "strict" else (lambda v: float(np.mean(v)))
+        groups = {name: mean(ap[list(js)]) for name, js in self.manifest.pckh.groups.items()}
         return {
-            "map": nanmean(ap),
+            "map": mean(ap),
             "joint_ap": [float(v) for v in ap],
             "groups": groups,
             "threshold": self.threshold,
             "reference": REFERENCES[self.reference],
+            "map_protocol": self.protocol,
             "gt_joints": [int(n) for n in self._gt_counts],
             **self._counts,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,6 +11,8 @@ import torch
 
 from mula_cli.manifests import load_manifest
 from mula_cli.multi_person_metrics import HEAD_BOX_FRACTION, MultiPersonPoseAP, voc_ap
+
+from conftest import run_cli
 
 PPP = load_manifest("pascal_person_part")
 J = PPP.num_joints  # 14: head-top 0, neck 1, L-shoulder 2 ... R-ankle 13
@@ -300,3 +303,128 @@ def test_equal_match_goes_to_the_higher_person_score() -> None:
     m = MultiPersonPoseAP(PPP)
     m.update([scored(person(0), 0.3), scored(person(0), 0.9)], person(0)[None])
     all_ap(m.compute(), 100.0)
+
+
+# --- edge rules: "strict" (default) against "mpii" (MPII's evaluateAP / assignGTmulti / getRPC) ---
+
+
+def test_ground_truth_of_a_picture_without_predictions_mpii_ignores() -> None:
+    # Picture 1: A predicted exactly; picture 2: B, nothing predicted. strict: 2 gt, 1 TP -> AP 50.
+    # mpii: assignGTmulti fills hasGT only inside its loop over predictions, so B is not counted -> 100.
+    results = {}
+    for protocol in ("strict", "mpii"):
+        m = MultiPersonPoseAP(PPP, protocol=protocol)
+        m.update([scored(person(0), 0.5)], person(0)[None])
+        m.update([], person(200)[None])
+        results[protocol] = r = m.compute()
+        assert r["map_protocol"] == protocol and r["gt_people"] == 2
+    all_ap(results["strict"], 50.0)
+    all_ap(results["mpii"], 100.0)
+    assert results["mpii"]["gt_joints"] == [1] * J and results["mpii"]["ignored_gt_people"] == 1
+    assert results["strict"]["gt_joints"] == [2] * J and results["strict"]["ignored_gt_people"] == 0
+
+
+def test_predictions_in_a_picture_without_ground_truth_mpii_ignores() -> None:
+    # Picture 1: A predicted exactly (0.5); picture 2: no gt, a person predicted at 0.9. strict: FP, TP
+    # over 1 gt -> AP 50. mpii: hasPred is filled inside the loop over gt people, so nothing is added -> 100.
+    results = {}
+    for protocol in ("strict", "mpii"):
+        m = MultiPersonPoseAP(PPP, protocol=protocol)
+        m.update([scored(person(0), 0.5)], person(0)[None])
+        m.update([scored(person(0), 0.9)], np.zeros((0, J, 2)))
+        results[protocol] = m.compute()
+    all_ap(results["strict"], 50.0)
+    all_ap(results["mpii"], 100.0)
+    assert results["mpii"]["ignored_pred_people"] == 1 and results["mpii"]["pred_people"] == 2
+
+
+@pytest.mark.parametrize("protocol", ["strict", "mpii"])
+def test_equal_scores_rank_the_first_listed_first(protocol: str) -> None:
+    # A false person and A itself, both 0.5: listed false first -> FP, TP over 1 gt -> AP 50; listed
+    # the other way -> TP, FP -> 100. MATLAB's sort is stable, so MPII agrees with strict here.
+    for preds, expected in (([person(1000), person(0)], 50.0), ([person(0), person(1000)], 100.0)):
+        m = MultiPersonPoseAP(PPP, protocol=protocol)
+        m.update([scored(p, 0.5) for p in preds], person(0)[None])
+        all_ap(m.compute(), expected)
+    assert voc_ap(np.array([0.5, 0.5]), np.array([False, True]), 1, protocol) == pytest.approx(50.0)
+
+
+def test_equal_match_goes_to_the_first_listed_under_mpii() -> None:
+    # As test_equal_match_goes_to_the_higher_person_score: copies of A listed 0.3 then 0.9. MPII's
+    # max(pck, [], 1) takes the first, 0.3: FP (0.9), TP (0.3) over 1 gt -> AP 50; strict 100.
+    for protocol, expected in (("strict", 100.0), ("mpii", 50.0)):
+        m = MultiPersonPoseAP(PPP, protocol=protocol)
+        m.update([scored(person(0), 0.3), scored(person(0), 0.9)], person(0)[None])
+        all_ap(m.compute(), expected)
+
+
+def test_nan_joint_scores_rank_first_under_mpii() -> None:
+    # A and B exact (0.5), a false person with NaN joint scores and person score 0.1. strict: NaN falls
+    # back to 0.1, last -> AP 100. mpii: no fallback; MATLAB's descending sort puts NaN first -> FP, TP,
+    # TP over 2 gt -> 66.67.
+    gt = np.stack([person(0), person(200)])
+    for protocol, expected in (("strict", 100.0), ("mpii", 100 * 2 / 3)):
+        m = MultiPersonPoseAP(PPP, protocol=protocol)
+        m.update([scored(gt[0], 0.5), scored(gt[1], 0.5), scored(person(1000), np.nan)], gt,
+                 person_scores=np.array([0.5, 0.5, 0.1]))
+        all_ap(m.compute(), expected)
+    # NaN before +inf too; strict voc_ap puts NaN last
+    assert voc_ap(np.array([np.inf, np.nan]), np.array([True, False]), 1, "mpii") == pytest.approx(50.0)
+    assert voc_ap(np.array([np.nan, 0.1]), np.array([False, True]), 1, "strict") == pytest.approx(100.0)
+
+
+def test_joint_type_without_ground_truth_under_mpii() -> None:
+    # A with its head-top unlabelled, predicted exactly. Head-top has no gt.
+    # Predicted there: strict AP NaN, left out of mAP and Head -> 100. mpii: recall 0/0 makes AP NaN and
+    # MATLAB's mean keeps it: mAP and Head NaN.
+    # Not predicted there either: strict as before; mpii AP 0 (VOCap of no detections), mAP 13/14 x 100.
+    gt = person(0)
+    gt[0] = np.nan
+    for head_top_predicted in (True, False):
+        pred = scored(person(0), 0.5)
+        if not head_top_predicted:
+            pred[0, :2] = np.nan
+        strict, mpii = (MultiPersonPoseAP(PPP, protocol=p) for p in ("strict", "mpii"))
+        for m in (strict, mpii):
+            m.update([pred], gt[None])
+        s, r = strict.compute(), mpii.compute()
+        assert math.isnan(s["joint_ap"][0]) and s["joint_ap"][1:] == pytest.approx([100.0] * (J - 1))
+        assert s["map"] == pytest.approx(100.0) and s["groups"]["Head"] == pytest.approx(100.0)
+        assert r["joint_ap"][1:] == pytest.approx([100.0] * (J - 1))
+        if head_top_predicted:
+            assert math.isnan(r["joint_ap"][0]) and math.isnan(r["map"]) and math.isnan(r["groups"]["Head"])
+        else:
+            assert r["joint_ap"][0] == 0.0 and r["map"] == pytest.approx(100 * 13 / 14)
+            assert r["groups"]["Head"] == pytest.approx(50.0)
+        assert r["groups"]["Ankle"] == pytest.approx(100.0)
+
+
+def test_protocol_is_checked_and_travels_with_the_state() -> None:
+    with pytest.raises(ValueError, match="protocol"):
+        MultiPersonPoseAP(PPP, protocol="voc")
+    strict, mpii = MultiPersonPoseAP(PPP), MultiPersonPoseAP(PPP, protocol="mpii")
+    assert strict.state()["protocol"] == "strict"
+    with pytest.raises(ValueError, match="'mpii' state"):
+        strict.merge(mpii.state())
+
+
+def test_evaluate_accepts_and_records_map_protocol(tmp_path) -> None:
+    from mula_cli.commands.prepare import prepare_synthetic_dataset
+    from mula_cli.model.presets import build_model
+    from mula_cli.model.weights import save_weights
+
+    cache = prepare_synthetic_dataset(tmp_path / "tree", train=1, val=1, seed=3, multi_person=True,
+                                      out_path=tmp_path / "ppp.h5", quiet=True).path
+    torch.manual_seed(0)
+    model = build_model("hg-tiny", num_classes=PPP.num_classes, num_joints=J, width=16, partition=True,
+                        class_names=PPP.classes, joint_names=PPP.joints)
+    weights = tmp_path / "mp.pt"
+    save_weights(weights, model, extra={"manifest": PPP.to_json()})
+    result = run_cli("evaluate", weights, "--data", cache, "--workers", "0", "--json", "--map-protocol", "mpii",
+                     "--save-dir", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert doc["protocol"]["map_protocol"] == "mpii" and doc["pose"]["map_protocol"] == "mpii"
+    refused = run_cli("evaluate", weights, "--data", cache, "--workers", "0", "--map-protocol", "voc")
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert "--map-protocol 'voc' is unknown" in refused.output and len(refused.output.strip().splitlines()) == 1

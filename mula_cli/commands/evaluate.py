@@ -32,6 +32,7 @@ def evaluate(
     group_distance: Optional[float] = typer.Option(None, "--group-distance", help="Multi-person models: votes for person centres closer than this fraction of the input side form one person. Default: 0.3125 (PPN's radius is 120 px of the original picture, 0.24 of a 500-px one; see docs/multi_person.md).", rich_help_panel="Multi-person"),
     min_joints: Optional[int] = typer.Option(None, "--min-joints", help="Multi-person models: people with fewer joints are dropped. Default: 4 (PPN).", rich_help_panel="Multi-person"),
     pose_reference: str = typer.Option("head", "--pose-reference", help="Multi-person mAP: the distance a joint must fall within half of: head (head-top to neck of the annotated person; 0.13 x the box diagonal where either is missing) or box (always 0.13 x the box diagonal).", rich_help_panel="Multi-person"),
+    map_protocol: str = typer.Option("strict", "--map-protocol", help="Multi-person mAP's edge rules: strict (every picture counts; ties go to the higher person score; a NaN joint score falls back to the person score; joint types without ground truth left out of the mean) or mpii (exactly MPII's evaluateAP: pictures without predictions or without ground truth ignored, first listed wins ties, NaN scores ranked first, plain mean; see docs/multi_person.md).", rich_help_panel="Multi-person"),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0, help="Data-loading processes. Default: 4, at most one per CPU core."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     amp: str = typer.Option("off", "--amp", help="Mixed precision of the network's forward pass: off|auto|bf16|fp16 (GPU or CPU autocast; decoding stays fp32). Default off: fp32, so the numbers do not depend on the hardware."),
@@ -45,6 +46,7 @@ def evaluate(
     from mula_cli.inference import PROTOCOLS, InferenceOptions, parse_scales
     from mula_cli.manifests import manifest_from_json
     from mula_cli.model.weights import load_weights
+    from mula_cli.multi_person_metrics import PROTOCOLS as MAP_PROTOCOLS
     from mula_cli.multi_person_metrics import REFERENCES
     from mula_cli.partition import grouping_from_options
     from mula_cli.progress import make_progress
@@ -53,6 +55,8 @@ def evaluate(
         raise MulaError(f"--protocol {protocol!r} is unknown; use {' or '.join(PROTOCOLS)}")
     if pose_reference not in REFERENCES:
         raise MulaError(f"--pose-reference {pose_reference!r} is unknown; use head or box")
+    if map_protocol not in MAP_PROTOCOLS:
+        raise MulaError(f"--map-protocol {map_protocol!r} is unknown; use {' or '.join(MAP_PROTOCOLS)}")
     options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=parse_scales(scales),
                                protocol=protocol, grouping=grouping_from_options(min_score, group_distance, min_joints))
     if protocol == "authors":
@@ -80,12 +84,15 @@ def evaluate(
         with make_progress(as_json) as bar:
             task = bar.add_task(f"evaluate {manifest.name}/{split}", total=len(loader.dataset), unit="images")
             result = evaluate_model(model, loader, manifest, options=options, amp_dtype=amp_dtype, pose_reference=pose_reference,
-                                    progress=lambda n: bar.advance(task, n),
+                                    map_protocol=map_protocol, progress=lambda n: bar.advance(task, n),
                                     on_prediction=writer.add if writer else None)
     folder = save_dir or next_dir(Path("runs/evaluate"))
+    record = protocol_record(options, config.input_size)
+    if result.pose is not None and "map" in result.pose:  # multi-person: the mAP's edge rules
+        record["map_protocol"] = map_protocol
     doc = {
         "weights": str(weights), "data": str(data or manifest.name), "split": split, "images": result.images,
-        "protocol": protocol_record(options, config.input_size),
+        "protocol": record,
         # the network's forward pass; decoding (upsampling, blur, argmax, grouping) is always float32
         "precision": {"network": precision_name(amp_dtype), "decoding": "float32", "device": dev.type},
         "parsing": {**result.parsing, "class_names": list(manifest.classes)},
@@ -208,7 +215,8 @@ def _print_map(q: dict, manifest) -> None:
     """Multi-person pose: mAP with the usual groups, then AP per joint."""
     _print_pose(f"{q['images']} images, {q['gt_people']} people annotated, {q['pred_people']} predicted; "
                 f"reference distance: {q['reference']}",
-                f"pose AP@{q['threshold']:g} (percent; MPII multi-person protocol)", {**q["groups"], "mAP": q["map"]},
+                f"pose AP@{q['threshold']:g} (percent; MPII multi-person AP, {q.get('map_protocol', 'strict')} edge rules)",
+                {**q["groups"], "mAP": q["map"]},
                 "AP per joint", "AP", q["joint_ap"], manifest)
 
 
