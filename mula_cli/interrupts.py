@@ -142,3 +142,37 @@ def exiting_on_stop_signals() -> Iterator[None]:
             yield
     except Interrupted as exc:
         raise SystemExit(128 + exc.signum) from None
+
+
+@contextmanager
+def deferring_stop_signals() -> Iterator[None]:
+    """In the main thread: a SIGINT or SIGTERM arriving inside the block takes effect when it ends (the
+    handler in place then runs); a second one inside the block takes effect at once.
+
+    For handing a batch over from a DataLoader worker: a stop raised in the middle of it leaves the
+    worker's file-descriptor server with a connection cut short, which it reports with a traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        if pending:  # asked twice: do not wait for the block to end
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            else:
+                raise Interrupted(signum)
+        pending.append(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, this_process_only(hold))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])  # now to the handler in place

@@ -175,3 +175,22 @@ def test_evaluate_with_workers_stops_cleanly_on_a_signal_to_the_group(tmp_path: 
     _, errors = proc.communicate(timeout=300)
     assert proc.returncode == 128 + sig, errors[-3000:]
     assert f"interrupted ({sig.name})" in errors and "Traceback" not in errors, errors[-3000:]
+
+
+def test_a_stop_while_a_batch_is_handed_over_takes_effect_after_it_and_a_second_one_at_once() -> None:
+    from mula_cli.interrupts import deferring_stop_signals
+
+    handed_over = False
+    with raising_on_stop_signals():
+        with pytest.raises(Interrupted) as caught:
+            with deferring_stop_signals():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)  # a batch's tensors arriving from a worker
+                handed_over = True
+        assert handed_over and caught.value.signum == signal.SIGTERM
+        with pytest.raises(Interrupted), deferring_stop_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGINT)  # asked twice: no more waiting
+            time.sleep(5)
+            pytest.fail("the second signal did not stop the wait")

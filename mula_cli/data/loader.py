@@ -11,7 +11,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from mula_cli.interrupts import starting_workers, worker_init
+from mula_cli.interrupts import deferring_stop_signals, starting_workers, worker_init
 
 
 class WorkerLoader(DataLoader):
@@ -30,4 +30,23 @@ class WorkerLoader(DataLoader):
         if self.num_workers == 0:
             return super().__iter__()
         with starting_workers():  # the workers start ignoring the signals, before ignore_stop_signals runs
-            return super().__iter__()
+            batches = super().__iter__()
+        return _HandedOver(batches)
+
+
+class _HandedOver:
+    """The batches of a loader's iterator, each received whole: a stop signal that arrives while a
+    batch is handed over from a worker takes effect right after it (:func:`deferring_stop_signals`)."""
+
+    def __init__(self, batches: Any) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> _HandedOver:
+        return self
+
+    def __next__(self) -> Any:
+        with deferring_stop_signals():
+            return next(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
