@@ -22,6 +22,7 @@ Writes the figures as JSON (``--out``, default ``benchmarks/results/fault_check.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -76,13 +77,11 @@ class Runner:
 
     def stop(self, proc: subprocess.Popen, way: str) -> int:
         """Stop ``proc`` one of the ways; wait for it and for every process of its group."""
-        try:
+        with contextlib.suppress(ProcessLookupError):  # it ended on its own just before the stop
             if way.startswith("KILL"):
                 os.kill(proc.pid, signal.SIGKILL)
             else:
                 os.killpg(proc.pid, signal.SIGTERM if way.startswith("TERM") else signal.SIGINT)
-        except ProcessLookupError:
-            pass
         code = proc.wait(timeout=600)
         _wait_group_gone(proc.pid)
         return code
@@ -129,10 +128,8 @@ def _wait_group_gone(pgid: int, timeout: float = 30.0) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the last one left in the meantime
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _partials(folder: Path) -> list[str]:
@@ -163,11 +160,10 @@ def check_run(run: Path) -> list[str]:
             problems.append(f"{run / 'metrics.csv'} epochs {epochs}: repeated or missing")
         elif len(epochs) not in (epoch, epoch + 1):  # the row is written just before last.pt
             problems.append(f"{run / 'metrics.csv'} has {len(epochs)} epochs, last.pt is after epoch {epoch}")
-    for name in ("config.json",):
-        try:
-            json.loads((run / name).read_text())
-        except (OSError, ValueError) as exc:
-            problems.append(f"{run / name}: {exc}")
+    try:
+        json.loads((run / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        problems.append(f"{run / 'config.json'}: {exc}")
     return problems
 
 
@@ -199,8 +195,11 @@ def train_trials(runner: Runner, cache: Path, kills: int, epochs: int, window_s:
         run = _newest_run(runner.work / "interrupted")
         if run is not None:
             stop.problems += check_run(run)
-        with CacheFile(cache):
-            pass
+        try:  # the cache training reads is never written: it must still open after every stop
+            with CacheFile(cache) as c:
+                c.count("train")
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            stop.problems.append(f"{cache} unreadable: {exc}")
         stops.append(stop)
         if stop.outcome == "finished":
             break

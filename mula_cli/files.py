@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import json
@@ -70,9 +71,8 @@ def _fsync_dir(folder: Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:  # some file systems do not flush folders
-        pass
+        with contextlib.suppress(OSError):  # some file systems do not flush folders
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -39,10 +39,6 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)
 
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name
-
 
 def signal_number(exc: BaseException) -> int:
     """The signal behind a KeyboardInterrupt: SIGINT unless it is an :class:`Interrupted` saying otherwise."""

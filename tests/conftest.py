@@ -49,6 +49,14 @@ def run_cli(*args: str) -> object:
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
 
 
+def synthetic_cache(root: Path, train: int, val: int) -> Path:
+    """A tiny synthetic dataset made the way users make one: `mula prepare synthetic` (tree and cache in ``root``)."""
+    result = run_cli("prepare", "synthetic", root / "tree", "--train", str(train), "--val", str(val), "--test", "0",
+                     "--out", root / "synthetic.h5", "-q")
+    assert result.exit_code == 0, result.output
+    return root / "synthetic.h5"
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A weights file of an untrained hg-tiny (width 16) for LIP, with BN statistics that look trained

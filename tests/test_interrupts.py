@@ -16,7 +16,7 @@ import torch
 
 from mula_cli.interrupts import Interrupted, ignore_stop_signals, raising_on_stop_signals, signal_number
 
-from conftest import run_cli, subprocess_env
+from conftest import subprocess_env, synthetic_cache
 
 TRAIN = ["--model", "hg-tiny", "--width", "16", "--workers", "2", "--schedule", "constant", "--lr", "1e-3",
          "--log-every", "1", "--epochs", "50", "--val-every", "50", "--device", "cpu"]
@@ -24,11 +24,7 @@ TRAIN = ["--model", "hg-tiny", "--width", "16", "--workers", "2", "--schedule", 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    result = run_cli("prepare", "synthetic", root / "tree", "--train", "16", "--val", "2", "--test", "0",
-                     "--out", root / "synthetic.h5", "-q")
-    assert result.exit_code == 0, result.output
-    return root / "synthetic.h5"
+    return synthetic_cache(tmp_path_factory.mktemp("data"), train=16, val=2)
 
 
 def _ignored(pid: int) -> set[int]:

@@ -12,7 +12,7 @@ from mula_cli.model.presets import PRESETS
 from mula_cli.reproduce.paper import TARGETS, paper_rows_of, paper_tables, target
 from mula_cli.train.config import TrainConfig
 
-from conftest import run_cli
+from conftest import run_cli, synthetic_cache
 
 
 def test_the_papers_numbers_name_their_table_row_and_preset() -> None:
@@ -49,11 +49,7 @@ def test_vgg16_fcn_trains_at_the_authors_vgg_rate_by_default() -> None:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("reproduce")
-    result = run_cli("prepare", "synthetic", root / "tree", "--train", "8", "--val", "3", "--test", "0",
-                     "--out", root / "synthetic.h5", "-q")
-    assert result.exit_code == 0, result.output
-    return root / "synthetic.h5"
+    return synthetic_cache(tmp_path_factory.mktemp("reproduce"), train=8, val=3)
 
 
 def _table(project: Path, name: str) -> list[dict[str, str]]:

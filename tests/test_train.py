@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli, subprocess_env
+from conftest import run_cli, subprocess_env, synthetic_cache
 
 TINY = ["--model", "hg-tiny", "--width", "16", "--batch-size", "4", "--workers", "0", "--schedule", "constant",
         "--lr", "1e-3", "--log-every", "1"]
@@ -22,11 +22,7 @@ TINY = ["--model", "hg-tiny", "--width", "16", "--batch-size", "4", "--workers",
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic dataset made the way users make one: `mula prepare synthetic`."""
-    root = tmp_path_factory.mktemp("data")
-    result = run_cli("prepare", "synthetic", root / "tree", "--train", "16", "--val", "4", "--test", "0",
-                     "--out", root / "synthetic.h5", "-q")
-    assert result.exit_code == 0, result.output
-    return root / "synthetic.h5"
+    return synthetic_cache(tmp_path_factory.mktemp("data"), train=16, val=4)
 
 
 def _mula(*args: object, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
