@@ -38,7 +38,7 @@ def authors_with(model, cache: Path, steps: AuthorsSteps, scales: tuple[float, .
         size = model.config.input_size
         for i in range(count):
             img = split.image(i)
-            sample = authors_views(img, size, scales, steps)
+            sample = authors_views(img, size, scales, steps, raw=split.image_bytes(i))
             views = torch.from_numpy(sample["views"])[None]
             found = predict_originals(model, views, sample["windows"][None], [(img.height, img.width)], manifest,
                                       scales, steps=steps)[0]

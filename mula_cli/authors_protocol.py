@@ -24,20 +24,29 @@ lists every difference and its measured effect. Per picture (H x W, long edge L,
    x and y each on its own (:func:`as_their_reader_reads`). Their step 2 writes a negative
    coordinate whenever the argmax lies left of or above the picture, e.g. a joint whose fused
    heatmap is <= 0 over the whole picture (the first maximum is then the canvas' zero corner).
+
+Their code reads, resizes and flips with OpenCV. With OpenCV installed (the ``authors`` extra,
+``opencv-python-headless``) every one of those calls is OpenCV's own, with the arguments theirs
+pass, so the numbers are theirs to the last grey level. Without it the steps are emulated
+(:data:`EMULATION_NOTE` says in what they can differ): stock OpenCV wheels resize uint8 pictures
+bicubically with Intel IPP, whose rounding no portable code reproduces.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy.ndimage import gaussian_filter
 
 from mula_cli.devices import autocast
 from mula_cli.errors import MulaError
-from mula_cli.heatmaps import flip_heatmaps, gaussian_blur
+from mula_cli.heatmaps import flip_heatmaps
 from mula_cli.inference import OriginalPrediction, to_original
 from mula_cli.manifests import DatasetManifest
 from mula_cli.model.loss import upsample_logits
@@ -60,6 +69,34 @@ class AuthorsSteps:
 
 
 ALL_STEPS = AuthorsSteps()
+EMULATION_NOTE = ("OpenCV is not installed, so --protocol authors emulates it: pictures decoded by Pillow, "
+                  "bicubic resizing without Intel IPP (stock OpenCV uses IPP, whose results differ by one grey "
+                  "level on a few % of pixels, which can move a joint or a label). For the authors' numbers "
+                  "exactly: pip install 'mula[authors]'")
+
+
+@functools.cache
+def opencv() -> ModuleType | None:
+    """OpenCV's ``cv2`` where the ``authors`` extra is installed, else None (the steps are emulated)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def decode_picture(raw: bytes) -> np.ndarray | None:
+    """RGB uint8 (H, W, 3) pixels of an encoded picture as their ``cv2.imread(path, 1)`` decodes it, or
+    None without OpenCV (or where it cannot decode the file, which Pillow then does).
+
+    EXIF orientation is not applied: the annotations are in the stored orientation (LIP's pictures
+    carry none). Their BGR is turned into RGB, mula's order; resizing works per channel either way.
+    """
+    cv2 = opencv()
+    if cv2 is None:
+        return None
+    bgr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return None if bgr is None else np.ascontiguousarray(bgr[..., ::-1])
 # OpenCV's fixed-point resize (INTER_RESIZE_COEF_BITS = 11): coefficients are scaled by 2048 and
 # rounded, both passes sum integers, the result is rounded once at the end.
 _COEF_BITS = 11
@@ -86,6 +123,15 @@ def _cubic_matrix(size_in: int, size_out: int, factor: float) -> np.ndarray:
     for k in range(4):
         np.add.at(matrix, (np.arange(size_out), np.clip(start - 1 + k, 0, size_in - 1)), coef[:, k])
     return matrix
+
+
+def resize_picture(pixels: np.ndarray, factor: float) -> np.ndarray:
+    """Their ``cv2.resize(im, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)``: OpenCV's
+    own where installed, else :func:`resize_bicubic`."""
+    cv2 = opencv()
+    if cv2 is None:
+        return resize_bicubic(pixels, factor)
+    return cv2.resize(np.ascontiguousarray(pixels), None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
 
 
 def resize_bicubic(pixels: np.ndarray, factor: float) -> np.ndarray:
@@ -146,7 +192,7 @@ def cut_window(pixels: np.ndarray, input_size: int, scale: float) -> tuple[np.nd
     """The S x S test window of an RGB uint8 picture at one test scale, placed as their test code does."""
     h, w = pixels.shape[:2]
     factor = base_scale(h, w, input_size) * scale
-    resized = resize_bicubic(pixels, factor)
+    resized = resize_picture(pixels, factor)
     rh, rw = resized.shape[:2]
     cx, cy = int(w / 2.0 * factor), int(h / 2.0 * factor)
     ox, oy = int(cx - input_size / 2.0), int(cy - input_size / 2.0)
@@ -174,11 +220,17 @@ def letterbox_window(img: Image.Image, input_size: int, scale: float) -> tuple[n
 
 
 def authors_views(img: Image.Image, input_size: int, scales: tuple[float, ...],
-                  steps: AuthorsSteps = ALL_STEPS) -> dict[str, np.ndarray]:
-    """Sample entries for :func:`predict_originals`: ``views`` (n, 3, S, S) uint8, ``windows`` (n, 11)."""
+                  steps: AuthorsSteps = ALL_STEPS, raw: bytes | None = None) -> dict[str, np.ndarray]:
+    """Sample entries for :func:`predict_originals`: ``views`` (n, 3, S, S) uint8, ``windows`` (n, 11).
+
+    ``raw``: the picture's file bytes, decoded by OpenCV as theirs are where it is installed (``img``,
+    Pillow's decoding, serves otherwise).
+    """
     _check_scales(scales)
     if steps.placement:
-        pixels = np.asarray(img.convert("RGB"))
+        pixels = decode_picture(raw) if raw is not None else None
+        if pixels is None or pixels.shape[:2] != (img.height, img.width):
+            pixels = np.asarray(img.convert("RGB"))
         cut = [cut_window(pixels, input_size, s) for s in scales]
     else:
         cut = [letterbox_window(img.convert("RGB"), input_size, s) for s in scales]
@@ -201,10 +253,17 @@ def _add_view(canvas: np.ndarray, maps: np.ndarray, window: Window, s: float, si
     one term of :func:`_fuse_pose`'s sum (the views are added in the order of the scales)."""
     x0, y0, x1, y1 = window.store if crop else (0, 0, size, size)
     part = maps[:, y0:y1, x0:x1].astype(np.float64)  # the heatmaps of the window's picture, padding cut away
-    ph, pw = part.shape[1:]
-    oh, ow = max(1, round(ph / s)), max(1, round(pw / s))
-    wy, wx = _linear_matrix(ph, oh, s), _linear_matrix(pw, ow, s)
-    scaled = wy @ part @ wx.T  # (J, size / s, size / s)
+    cv2 = opencv()
+    if cv2 is not None:  # theirs: one multi-channel (H, W, J) float64 resize by fx = fy = 1 / s
+        scaled = cv2.resize(np.ascontiguousarray(part.transpose(1, 2, 0)), None, fx=1.0 / s, fy=1.0 / s,
+                            interpolation=cv2.INTER_LINEAR)
+        scaled = scaled.reshape(*scaled.shape[:2], -1).transpose(2, 0, 1)
+        oh, ow = scaled.shape[1:]
+    else:
+        ph, pw = part.shape[1:]
+        oh, ow = max(1, round(ph / s)), max(1, round(pw / s))
+        wy, wx = _linear_matrix(ph, oh, s), _linear_matrix(pw, ow, s)
+        scaled = wy @ part @ wx.T  # (J, size / s, size / s)
     top, left = int((size - oh) / 2.0), int((size - ow) / 2.0)
     # their code would fail where the part overhangs the canvas; keep the overlap instead
     y0c, y1c, x0c, x1c = max(top, 0), min(top + oh, size), max(left, 0), min(left + ow, size)
@@ -219,6 +278,9 @@ def _labels_to_original(argmax: np.ndarray, window: Window, orig_hw: tuple[int, 
     resized = np.zeros((rh, rw), np.int64)
     resized[y0:y1, x0:x1] = argmax[sy0:sy1, sx0:sx1]
     h, w = orig_hw
+    cv2 = opencv()
+    if cv2 is not None:  # theirs: a float64 map, cv2.INTER_NEAREST to (W, H)
+        return cv2.resize(resized.astype(np.float64), (w, h), interpolation=cv2.INTER_NEAREST).astype(np.int64)
     rows = np.minimum(np.floor(np.arange(h) * (rh / h)).astype(np.int64), rh - 1)
     cols = np.minimum(np.floor(np.arange(w) * (rw / w)).astype(np.int64), rw - 1)
     return resized[rows[:, None], cols[None, :]]
@@ -229,6 +291,28 @@ def _window_affine(window: Window, orig_hw: tuple[int, int]) -> np.ndarray:
     fy, fx = window.resized[0] / orig_hw[0], window.resized[1] / orig_hw[1]
     shift_x, shift_y = window.store[0] - window.crop[0], window.store[1] - window.crop[1]
     return np.array([[fx, 0.0, 0.5 * fx - 0.5 + shift_x], [0.0, fy, 0.5 * fy - 0.5 + shift_y]])
+
+
+def _flip_average(direct: torch.Tensor, mirrored: torch.Tensor, flip_index: list[int], joints: int,
+                  size: int) -> np.ndarray:
+    """(B, J, S, S) float32: each joint's heatmap and its mirror twin's, resized to S x S (bilinear,
+    half-pixel centres) and averaged, from the (B, >= J, h, w) maps of the picture and of its mirror."""
+    cv2 = opencv()
+    if cv2 is None:
+        both = torch.cat([direct, flip_heatmaps(mirrored, flip_index)])[:, :joints]
+        up = F.interpolate(both, size=(size, size), mode="bilinear", align_corners=False)
+        return ((up[: len(direct)] + up[len(direct):]) * 0.5).cpu().numpy()
+    # theirs, joint by joint: cv2.resize of the map, of its twin's mirrored map then cv2.flip, += and *= 0.5
+    d, m = direct.cpu().numpy(), mirrored.cpu().numpy()
+    out = np.empty((len(d), joints, size, size), np.float32)
+    for i in range(len(d)):
+        for j in range(joints):
+            heat = cv2.resize(np.ascontiguousarray(d[i, j]), (size, size), interpolation=cv2.INTER_LINEAR)
+            twin = cv2.resize(np.ascontiguousarray(m[i, flip_index[j]]), (size, size), interpolation=cv2.INTER_LINEAR)
+            heat += cv2.flip(twin, 1)
+            heat *= 0.5
+            out[i, j] = heat
+    return out
 
 
 @torch.no_grad()
@@ -263,10 +347,8 @@ def predict_originals(model: torch.nn.Module, views: torch.Tensor, windows: np.n
         x = views[:, k]
         with autocast(x.device, amp_dtype):
             direct, mirrored = model(x), model(x.flip(-1))  # two passes, as theirs (BN in eval mode)
-        both = torch.cat([direct.pose[-1].float(), flip_heatmaps(mirrored.pose[-1].float(),
-                                                                  manifest.joint_flip_index())])[:, :joints]
-        up = F.interpolate(both, size=(size, size), mode="bilinear", align_corners=False)
-        heat = ((up[:b] + up[b:]) * 0.5).cpu().numpy()  # (B, J, S, S) float32
+        heat = _flip_average(direct.pose[-1].float(), mirrored.pose[-1].float(), manifest.joint_flip_index(),
+                             joints, size)
         for i in range(b):
             _add_view(canvases[i], heat[i], placements[i][k], scales[k], size, steps.crop_heatmaps)
         if k == one:
@@ -276,7 +358,8 @@ def predict_originals(model: torch.nn.Module, views: torch.Tensor, windows: np.n
     for i in range(b):
         placed = placements[i]
         fused = canvases[i] / len(scales)
-        blurred = gaussian_blur(torch.from_numpy(fused)[None], blur_sigma)[0].numpy() if blur_sigma > 0 else fused
+        # theirs: scipy's filter on each joint's float64 map (mula's gaussian_blur is equal to rounding)
+        blurred = np.stack([gaussian_filter(m, sigma=blur_sigma) for m in fused]) if blur_sigma > 0 else fused
         flat = blurred.reshape(joints, -1).argmax(axis=1)  # NumPy: the first maximum, as theirs
         py, px = np.divmod(flat, size)
         h, w = orig_sizes[i]

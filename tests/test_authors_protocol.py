@@ -123,7 +123,11 @@ def test_parsing_goes_back_through_the_resized_picture_with_opencv_nearest() -> 
     assert (labels[99] == 0).all() and (labels[:, 59] == 0).all()  # their one-pixel-short crop: background
 
 
-def test_evaluate_with_the_authors_protocol(tiny_weights: Path, tmp_path: Path) -> None:
+def test_evaluate_with_the_authors_protocol(tiny_weights: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without OpenCV (forced here; tests/test_authors_reference.py runs it with OpenCV) the steps are
+    emulated, and evaluate says so once and records it."""
+    import mula_cli.authors_protocol as authors
     from mula_cli.data.prepare import prepare_dataset
 
     from trees import build_lip_tree
@@ -131,11 +135,14 @@ def test_evaluate_with_the_authors_protocol(tiny_weights: Path, tmp_path: Path) 
     build_lip_tree(tmp_path / "LIP", counts={"train": 1, "val": 3}, seed=2)
     cache = tmp_path / "lip.h5"
     prepare_dataset(LIP, tmp_path / "LIP", cache)
+    monkeypatch.setattr(authors, "opencv", lambda: None)
     result = run_cli("evaluate", tiny_weights, "--data", cache, "--protocol", "authors", "--scales", "0.85,1",
                      "--workers", "0", "--save-dir", tmp_path / "a")
     assert result.exit_code == 0, result.output
+    assert result.output.count("emulates it") == 1 and "mula[authors]" in result.output
     doc = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert doc["protocol"]["name"] == "authors" and doc["protocol"]["parsing_scales"] == [1.0]
+    assert doc["protocol"]["opencv"] is None
     assert doc["images"] == 3 and doc["pose"]["images"] + doc["pose"]["excluded_images"] == 3
     for bad in (["--flip"], ["--scales", "0.9"], ["--protocol-x"]):
         args = ["--protocol", "authors"] if bad[0] != "--protocol-x" else ["--protocol", "theirs"]
@@ -180,8 +187,9 @@ def test_views_are_fused_as_they_come_with_the_same_sums() -> None:
     float64 array fused picture by picture."""
     import tracemalloc
 
-    from mula_cli.authors_protocol import authors_views
-    from mula_cli.heatmaps import flip_heatmaps, gaussian_blur
+    from scipy.ndimage import gaussian_filter
+
+    from mula_cli.authors_protocol import _flip_average, authors_views
 
     model, scales = Probe(), (0.7, 0.85, 1.0, 1.15, 1.3)
     imgs = [_picture(80 + 7 * i, 45 + 5 * i) for i in range(4)]
@@ -201,13 +209,11 @@ def test_views_are_fused_as_they_come_with_the_same_sums() -> None:
     heat = np.zeros((len(imgs), len(scales), LIP.num_joints, SIZE, SIZE))
     for k in range(len(scales)):
         x = views[:, k]
-        both = torch.cat([model(x).pose[-1], flip_heatmaps(model(x.flip(-1)).pose[-1], LIP.joint_flip_index())])
-        up = torch.nn.functional.interpolate(both[:, :LIP.num_joints], size=(SIZE, SIZE), mode="bilinear",
-                                             align_corners=False)
-        heat[:, k] = ((up[:len(imgs)] + up[len(imgs):]) * 0.5).double().numpy()
+        heat[:, k] = _flip_average(model(x).pose[-1], model(x.flip(-1)).pose[-1], LIP.joint_flip_index(),
+                                   LIP.num_joints, SIZE)
     for i, got in enumerate(found):
         fused = _fuse_pose(heat[i], [Window.from_array(a) for a in windows[i]], scales, SIZE)
-        blurred = gaussian_blur(torch.from_numpy(fused)[None], 3.0)[0].numpy().reshape(LIP.num_joints, -1)
+        blurred = np.stack([gaussian_filter(m, sigma=3.0) for m in fused]).reshape(LIP.num_joints, -1)
         assert np.array_equal(got.scores, blurred.max(axis=1)), i
         py, px = np.divmod(blurred.argmax(axis=1), SIZE)
         at_1 = Window.from_array(windows[i][scales.index(1.0)])  # factor = base at scale 1

@@ -65,8 +65,12 @@ def lip_paths(root: Path, variant: str, split: str) -> dict[str, Path]:
 
 
 def build_lip_tree(root: Path, variant: str = "official", counts: dict[str, int] | None = None,
-                   seed: int = 0) -> dict[str, dict[str, tuple]]:
-    """Write a tiny LIP tree; returns split -> id -> (image, label, joints) for checking the cache."""
+                   seed: int = 0, sizes: list[tuple[int, int]] | None = None) -> dict[str, dict[str, tuple]]:
+    """Write a tiny LIP tree; returns split -> id -> (image, label, joints) for checking the cache.
+
+    ``sizes``: (height, width) of each split's pictures in turn (default: all 40 x 30).
+    """
+    sizes = sizes or [(40, 30)]
     counts = counts or {"train": 6, "val": 4, "test": 2}
     rng = np.random.default_rng(seed)
     truth: dict[str, dict[str, tuple]] = {}
@@ -76,8 +80,8 @@ def build_lip_tree(root: Path, variant: str = "official", counts: dict[str, int]
             folder = root / ("test_images" if variant == "flattened" else "Testing_images/testing_images")
             folder.mkdir(parents=True, exist_ok=True)
             ids = [f"{9000 + i}_{i}" for i in range(n)]
-            for sid in ids:
-                image, _, _ = lip_sample(rng)
+            for k, sid in enumerate(ids):
+                image, _, _ = lip_sample(rng, *sizes[k % len(sizes)])
                 (folder / f"{sid}.jpg").write_bytes(jpeg_bytes(image))
                 truth[split][sid] = (image, None, None)
             id_file = root / ("test_id.txt" if variant == "flattened" else "Testing_images/test_id.txt")
@@ -89,8 +93,8 @@ def build_lip_tree(root: Path, variant: str = "official", counts: dict[str, int]
         p["csv"].parent.mkdir(parents=True, exist_ok=True)
         ids = [f"{1000 * (split == 'val') + i}_{100 + i}" for i in range(n)]
         rows = []
-        for sid in ids:
-            image, label, joints = lip_sample(rng)
+        for k, sid in enumerate(ids):
+            image, label, joints = lip_sample(rng, *sizes[k % len(sizes)])
             (p["images"] / f"{sid}.jpg").write_bytes(jpeg_bytes(image))
             (p["labels"] / f"{sid}.png").write_bytes(png_bytes(label))
             rows.append(csv_row(sid, joints))

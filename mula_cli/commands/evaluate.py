@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mula_cli.console import out
+from mula_cli.console import err, out
 from mula_cli.errors import MulaError
 from mula_cli.files import atomic_write, finite_json, next_dir, write_json
 
@@ -60,9 +60,11 @@ def evaluate(
     options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=parse_scales(scales),
                                protocol=protocol, grouping=grouping_from_options(min_score, group_distance, min_joints))
     if protocol == "authors":
-        from mula_cli.authors_protocol import check_options
+        from mula_cli.authors_protocol import EMULATION_NOTE, check_options, opencv
 
         check_options(pose_flip, flip, options.scales)
+        if opencv() is None:
+            err.print(f"note: {EMULATION_NOTE}", highlight=False, markup=False)
     dev = pick_device(device)
     amp_dtype = resolve_amp(amp, dev)
     model, config, extra = load_weights(weights, map_location=dev)
@@ -131,7 +133,16 @@ def protocol_record(options, input_size: int) -> dict:
             # the picture's long edge in each window: multi-scale resizes the picture, not the window
             "long_edge_per_scale": [round(s * input_size) for s in options.scales],
             "parsing_scales": [1.0] if options.protocol == "authors" else list(options.scales),
-            "iou_mean": "nan-mean over classes present in ground truth or prediction"}
+            "iou_mean": "nan-mean over classes present in ground truth or prediction",
+            **({"opencv": _opencv_version()} if options.protocol == "authors" else {})}
+
+
+def _opencv_version() -> str | None:
+    """The OpenCV that decoded and resized for --protocol authors (None: emulated, see EMULATION_NOTE)."""
+    from mula_cli.authors_protocol import opencv
+
+    cv2 = opencv()
+    return None if cv2 is None else cv2.__version__
 
 
 def _cache_for(data: Optional[str], trained_on, split: str, tmp: Path) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mula_cli.console import out
+from mula_cli.console import err, out
 from mula_cli.devices import DEVICE_CHOICES, check_device_option
 from mula_cli.errors import MulaError
 from mula_cli.reproduce.paper import TARGET_HELP
@@ -56,9 +56,11 @@ def reproduce(
     device = check_device_option(device)
     options = InferenceOptions(parsing_flip=flip, scales=parse_scales(scales), protocol=protocol)
     if protocol == "authors":
-        from mula_cli.authors_protocol import check_options
+        from mula_cli.authors_protocol import EMULATION_NOTE, check_options, opencv
 
         check_options(True, flip, options.scales)
+        if opencv() is None:
+            err.print(f"note: {EMULATION_NOTE}", highlight=False, markup=False)
     cache = resolve_cache(data or goal.dataset)
     with CacheFile(cache) as c:
         manifest = c.manifest

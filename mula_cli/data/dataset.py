@@ -144,7 +144,8 @@ class MulaDataset(Dataset):
         cfg = self.config
         size, stride = cfg.input_size, cfg.stride
         try:
-            img = Image.open(io.BytesIO(t.image_bytes(index)))
+            raw = t.image_bytes(index)
+            img = Image.open(io.BytesIO(raw))
             img.load()
             img = img.convert("RGB") if img.mode != "RGB" else img  # convert() would copy even RGB
             label = t.label(index)
@@ -170,7 +171,7 @@ class MulaDataset(Dataset):
             flipped = False
             image, m = letterbox(img, size)
             pixels = {"image": image.transpose(2, 0, 1), "parsing": self._label_at_input(label, m, False),
-                      **self._test_views(img)}
+                      **self._test_views(img, raw)}
 
         people = apply_affine(joints.astype(np.float64), m) if len(joints) else joints.astype(np.float64)
         if flipped and len(people):  # positions are mirrored by the matrix; identities swap here
@@ -198,13 +199,14 @@ class MulaDataset(Dataset):
                                      "orig_boxes": t.boxes(index)}),
         }
 
-    def _test_views(self, img: Image.Image) -> dict[str, np.ndarray]:
-        """The picture at every test scale (multi-scale testing, or the authors' protocol), else nothing."""
+    def _test_views(self, img: Image.Image, raw: bytes) -> dict[str, np.ndarray]:
+        """The picture at every test scale (multi-scale testing, or the authors' protocol, which decodes
+        the file's bytes as their code does), else nothing."""
         cfg = self.config
         if cfg.test_protocol == "authors":
             from mula_cli.authors_protocol import authors_views
 
-            return authors_views(img, cfg.input_size, cfg.test_scales)
+            return authors_views(img, cfg.input_size, cfg.test_scales, raw=raw)
         if tuple(cfg.test_scales) == (1.0,):
             return {}
         views, affines = scale_views(img, cfg.input_size, cfg.test_scales)
