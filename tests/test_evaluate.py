@@ -84,3 +84,18 @@ def test_demo_quick_runs_end_to_end(tmp_path: Path, monkeypatch) -> None:
     assert (root / "train" / "weights" / "best.pt").is_file()
     assert (root / "predict" / "person.png").is_file() and (root / "predict" / "person_overlay.jpg").is_file()
     assert "untrained" in result.output and "trained" in result.output
+
+
+@pytest.mark.slow
+def test_demo_multi_person_quick_runs_end_to_end(tmp_path: Path, monkeypatch) -> None:
+    """The crowd demo: mAP before and after, the curve from metrics.csv, people in the predictions."""
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("demo", "--quick", "--multi-person")
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "runs" / "demo" / "exp"
+    doc = json.loads((root / "metrics.json").read_text())
+    assert "map" in doc["before"] and "map" in doc["after"] and "pckh" not in doc["after"]
+    assert "held-out scores during training" in result.output and "mAP" in result.output
+    people = json.loads((root / "predict" / "crowd_0.json").read_text())
+    assert "people" in people and (root / "predict" / "crowd_0_overlay.jpg").is_file()
+    assert (root / "predict" / "person_overlay.jpg").is_file()
