@@ -105,7 +105,7 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
                    options: InferenceOptions = InferenceOptions(), amp_dtype: torch.dtype | None = None,
                    progress: Callable[[int], None] | None = None,
                    on_prediction: Callable[[ImagePrediction], None] | None = None,
-                   pose_reference: str = "head", map_protocol: str = "strict") -> EvalResult:
+                   pose_reference: str = "mpii", map_protocol: str = "strict") -> EvalResult:
     """Score ``model`` on every batch of ``loader`` (from :func:`eval_loader`).
 
     Args:

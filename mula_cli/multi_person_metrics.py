@@ -11,18 +11,22 @@ by score (stable) and scored by VOC all-point interpolated AP against the number
 ground-truth joints of that type (people with no match included); mAP is the mean over joint
 types that have ground truth (a type without any is NaN and left out).
 
-Reference distance ``ref_p`` (option ``reference``):
+Reference distance ``ref_p`` (option ``reference``; ``compute()`` records its name and factor):
 
-- ``"head"`` (default): ``||head-top - neck||`` of the ground-truth person, the LIP PCKh head size
-  (PASCAL-Person-Part has no head boxes, so MPII's 0.6 x head-box diagonal is not available).
-  Where either joint is unlabelled (or both coincide) it falls back to ``HEAD_BOX_FRACTION`` (0.13)
-  x the diagonal of the person's box: the ``gt_boxes`` row when given, else the box of the person's
-  labelled joints. Why 0.13: the head (crown to chin) is about 13 % of stature (the 7.5-heads
-  canon, anthropometric tables), and a standing person's box diagonal is about the stature (height
-  ~ stature; a width of 0.25-0.35 of it adds under 6 %), so on an average body the fallback equals
-  the head length. A truncated person's joint box is smaller than the body, which makes the
-  fallback stricter there: pass ``gt_boxes`` when they exist.
-- ``"box"``: always ``HEAD_BOX_FRACTION`` x the box diagonal, as above.
+- ``"mpii"`` (default): MPII's radius. MPII multi-person AP scores a joint within 0.5 x the head
+  size, head size = 0.6 x the head-box diagonal, which on MPII's ground truth is 0.75 x the head-top
+  to neck distance (``MPII_HEAD_FACTOR``). PASCAL-Person-Part has no head boxes, so ``ref_p`` =
+  0.75 x ``||head-top - neck||`` of the ground-truth person; where either joint is unlabelled (or
+  both coincide), 0.75 x ``HEAD_BOX_FRACTION`` (0.13) x the diagonal of the person's box: the
+  ``gt_boxes`` row when given, else the box of the person's labelled joints.
+- ``"head-neck"`` (``"head"`` is its former name, still accepted): the full ``||head-top - neck||``,
+  the LIP PCKh head size, with the fallback 0.13 x the box diagonal: 4/3 of MPII's radius, so more
+  lenient (it was the default before ``"mpii"``). Why 0.13: the head (crown to chin) is about 13 %
+  of stature (the 7.5-heads canon, anthropometric tables), and a standing person's box diagonal is
+  about the stature (height ~ stature; a width of 0.25-0.35 of it adds under 6 %), so on an average
+  body the fallback equals the head length. A truncated person's joint box is smaller than the
+  body, which makes the fallback stricter there: pass ``gt_boxes`` when they exist.
+- ``"box"``: always ``HEAD_BOX_FRACTION`` x the box diagonal, as above (the head-neck scale).
 
 A ground-truth person with no usable reference (no box and fewer than two distinct labelled
 joints) cannot be matched: predictions near it are false positives, but its labelled joints still
@@ -62,12 +66,21 @@ from mula_cli.manifests import DatasetManifest
 from mula_cli.metrics import nanmean
 
 HEAD_BOX_FRACTION = 0.13
+#: MPII's head size (0.6 x the head-box diagonal) over the head-top to neck distance, on MPII's ground truth
+MPII_HEAD_FACTOR = 0.75
+_BOX = "(given box, else box of its labelled joints)"
 REFERENCES = {
-    "head": f"head-top to neck distance of each ground-truth person; {HEAD_BOX_FRACTION} x its box diagonal "
-            "(given box, else box of its labelled joints) where either joint is unlabelled",
-    "box": f"{HEAD_BOX_FRACTION} x the diagonal of each ground-truth person's box "
-           "(given box, else box of its labelled joints)",
+    "mpii": f"mpii: {MPII_HEAD_FACTOR} x the head-top to neck distance of each ground-truth person (MPII's head "
+            f"size, 0.6 x the head-box diagonal); {MPII_HEAD_FACTOR} x {HEAD_BOX_FRACTION} x its box diagonal "
+            f"{_BOX} where either joint is unlabelled",
+    "head-neck": f"head-neck: 1.0 x the head-top to neck distance of each ground-truth person; "
+                 f"{HEAD_BOX_FRACTION} x its box diagonal {_BOX} where either joint is unlabelled",
+    "box": f"box: {HEAD_BOX_FRACTION} x the diagonal of each ground-truth person's box {_BOX}",
 }
+#: the factor on the head-top to neck distance and on the box fallback of each reference
+_FACTORS = {"mpii": MPII_HEAD_FACTOR, "head-neck": 1.0, "box": 1.0}
+REFERENCE_ALIASES = {"head": "head-neck"}  # former names, still accepted
+DEFAULT_REFERENCE = "mpii"
 PROTOCOLS = ("strict", "mpii")  # edge rules; see the module docstring
 
 
@@ -102,14 +115,16 @@ class MultiPersonPoseAP:
     Args:
         manifest: gives the joints, the head-top and neck joints and the reported groups.
         threshold: matching radius as a fraction of the reference distance.
-        reference: ``"head"`` or ``"box"`` (see the module docstring).
+        reference: ``"mpii"`` (default), ``"head-neck"`` (or its former name ``"head"``) or ``"box"``
+            (see the module docstring).
         protocol: edge rules, ``"strict"`` or ``"mpii"`` (see the module docstring).
     """
 
-    def __init__(self, manifest: DatasetManifest, threshold: float = 0.5, reference: str = "head",
+    def __init__(self, manifest: DatasetManifest, threshold: float = 0.5, reference: str = DEFAULT_REFERENCE,
                  protocol: str = "strict") -> None:
+        reference = REFERENCE_ALIASES.get(reference, reference)
         if reference not in REFERENCES:
-            raise ValueError(f"reference must be one of {sorted(REFERENCES)}, not {reference!r}")
+            raise ValueError(f"reference must be one of {list(REFERENCES)}, not {reference!r}")
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, not {protocol!r}")
         self.manifest = manifest
@@ -123,7 +138,7 @@ class MultiPersonPoseAP:
         self._scores: list[list[np.ndarray]] = [[] for _ in range(j)]
         self._tp: list[list[np.ndarray]] = [[] for _ in range(j)]
         self._gt_counts = np.zeros(j, np.int64)
-        self._counts = {"images": 0, "gt_people": 0, "pred_people": 0, "unmatchable_gt_people": 0,
+        self._counts = {"images": 0, "gt_people": 0, "pred_people": 0, "matched_people": 0, "unmatchable_gt_people": 0,
                         "ignored_gt_people": 0, "ignored_pred_people": 0}  # ignored: "mpii" only
 
     def _references(self, gt: np.ndarray, labelled: np.ndarray, boxes: np.ndarray | None) -> np.ndarray:
@@ -134,15 +149,16 @@ class MultiPersonPoseAP:
         box = joint_box if boxes is None else np.where(np.isfinite(boxes).all(1, keepdims=True), boxes, joint_box)
         diagonal = np.hypot(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1])
         ref = np.where(diagonal > 0, HEAD_BOX_FRACTION * diagonal, np.nan)
-        if self.reference == "head":
+        if self.reference != "box":
             top, neck = self.manifest.pckh.head_top, self.manifest.pckh.neck
             head = np.linalg.norm(gt[:, top] - gt[:, neck], axis=1)  # NaN where either is unlabelled
             ref = np.where(labelled[:, top] & labelled[:, neck] & (head > 0), head, ref)
-        return ref
+        return _FACTORS[self.reference] * ref
 
     def update(self, pred_people: Sequence[np.ndarray] | np.ndarray, gt_people: np.ndarray,
-               gt_boxes: np.ndarray | None = None, person_scores: np.ndarray | None = None) -> None:
-        """Add one image.
+               gt_boxes: np.ndarray | None = None, person_scores: np.ndarray | None = None) -> float:
+        """Add one image; returns the fraction of its labelled ground-truth joints that a matched
+        prediction hits (NaN when it labels none), the image's own score, e.g. to rank pictures.
 
         Args:
             pred_people: Q predicted people, each (J, 3) x, y, score in original pixels (NaN x/y = not predicted).
@@ -174,7 +190,7 @@ class MultiPersonPoseAP:
             self._counts["pred_people"] += int(predicted.any(1).sum())
             self._counts["ignored_gt_people"] += len(gt)
             self._counts["ignored_pred_people"] += int(predicted.any(1).sum())
-            return
+            return 0.0 if labelled.any() else float("nan")
         ref = self._references(gt, labelled, boxes)
 
         dist = np.linalg.norm(xy[:, None] - gt[None], axis=-1)  # (Q, P, J), NaN unless both present
@@ -213,7 +229,9 @@ class MultiPersonPoseAP:
         self._counts["images"] += 1
         self._counts["gt_people"] += len(gt)
         self._counts["pred_people"] += int(predicted.any(1).sum())
+        self._counts["matched_people"] += int(hit.sum())  # annotated people found (matched one to one)
         self._counts["unmatchable_gt_people"] += int((~np.isfinite(ref) & labelled.any(1)).sum())
+        return float(tp.sum() / labelled.sum()) if labelled.any() else float("nan")
 
     def state(self) -> dict[str, Any]:
         """Everything accumulated, as plain picklable objects (for :meth:`merge` on another rank)."""
@@ -269,6 +287,7 @@ class MultiPersonPoseAP:
             "groups": groups,
             "threshold": self.threshold,
             "reference": REFERENCES[self.reference],
+            "reference_name": self.reference,
             "map_protocol": self.protocol,
             "gt_joints": [int(n) for n in self._gt_counts],
             **self._counts,

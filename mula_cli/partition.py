@@ -32,6 +32,8 @@ from mula_cli.heatmaps import encode_heatmaps, grid_centers
 
 #: Default cap on joint candidates per joint type (:attr:`GroupingConfig.max_candidates`)
 MAX_CANDIDATES = 30
+#: PPN's seeds (:attr:`GroupingConfig.seed_joints`): neck, then head-top, in PASCAL-Person-Part's joint order
+PPN_SEEDS = (1, 0)
 
 
 def _input_hw(input_size: int | tuple[int, int] | None, out_hw: tuple[int, int],
@@ -114,6 +116,8 @@ _LIMITS = {
     "join_distance": (lambda v: _number(v) and 0 < v <= 2, "in (0, 2] (a fraction of the input side)"),
     "min_joints": (lambda v: _integral(v) and v >= 1, "an integer of at least 1"),
     "max_candidates": (lambda v: _integral(v) and v >= 1, "an integer of at least 1"),
+    "seed_joints": (lambda v: isinstance(v, tuple) and all(_integral(k) and k >= 0 for k in v)
+                    and len(set(v)) == len(v), "a tuple of distinct joint indices (empty: every type seeds)"),
 }
 
 
@@ -140,6 +144,12 @@ class GroupingConfig:
         max_candidates: at most this many candidates per joint type, the highest peaks (as OpenPose-
             style decoders cap them): an untrained or diverging network's noise maps otherwise give
             thousands of candidates, hundreds of people and seconds of clustering per picture.
+        seed_joints: which joint types may start a person when a cluster holding a type twice is split.
+            Empty (default): every type, most-detected first; any candidate left without a partner starts
+            a person. ``PPN_SEEDS`` is PPN's rule, (neck, head-top) in PASCAL-Person-Part's joint order
+            (both multi-person manifests' order): those types go first, in this order, and only their
+            leftover candidates start people; the other types' are dropped. Measured against each other
+            in docs/multi_person.md, "Seeding people".
 
     Raises:
         ValueError: naming every field out of its range.
@@ -152,6 +162,7 @@ class GroupingConfig:
     join_distance: float = 0.125
     min_joints: int = 4
     max_candidates: int = MAX_CANDIDATES
+    seed_joints: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         broken = _broken_limits({name: getattr(self, name) for name in _LIMITS})
@@ -247,18 +258,22 @@ def _subcell(maps: np.ndarray, t: np.ndarray, r: np.ndarray, c: np.ndarray, axis
     return np.clip(shift, -0.5, 0.5)
 
 
-def _split(types: np.ndarray, votes: np.ndarray, join_px: float) -> list[list[int]]:
+def _split(types: np.ndarray, votes: np.ndarray, join_px: float, seeds: tuple[int, ...] = ()) -> list[list[int]]:
     """Split one cluster that holds some joint type twice into people (lists of member indices).
 
     Types go most-detected first (they seed the most people); each type's candidates are matched one to
     one to the people so far by vote distance (Hungarian) among the pairs within ``join_px`` (the gate
     comes first: a candidate whose nearest person goes to another candidate can still join the next
-    nearest within the gate); unmatched candidates start new people. PPN does the same greedily,
-    seeding people from necks."""
+    nearest within the gate); unmatched candidates start new people. With ``seeds`` (PPN's rule, which
+    matches greedily), those types go first, in that order, and only their unmatched candidates start
+    people: the others' are dropped."""
     kinds, counts = np.unique(types, return_counts=True)
+    order = [int(k) for k in kinds[np.argsort(-counts, kind="stable")]]
+    if seeds:
+        order = [k for k in seeds if k in order] + [k for k in order if k not in seeds]
     members: list[list[int]] = []
     sums = np.zeros((0, 2))
-    for k in kinds[np.argsort(-counts, kind="stable")]:
+    for k in order:
         cand = np.flatnonzero(types == k)
         joined = np.zeros(len(cand), dtype=bool)
         if members:
@@ -273,10 +288,22 @@ def _split(types: np.ndarray, votes: np.ndarray, join_px: float) -> list[list[in
                     members[col].append(int(cand[row]))
                     sums[col] += votes[cand[row]]
                     joined[row] = True
+        if seeds and k not in seeds:
+            continue
         for i in cand[~joined]:
             members.append([int(i)])
             sums = np.vstack([sums, votes[i]])
     return members
+
+
+def _cluster(votes: np.ndarray, points: np.ndarray, radius: float) -> np.ndarray:
+    """Cluster index (0, 1, ...) of each vote: centroid linkage cut at ``radius`` input pixels, the same
+    for every person. ``points`` (the candidates' positions) are unused here; they are what a radius
+    relative to each person's extent needs (``benchmarks/grouping_check.py`` measures one in this place)."""
+    if len(votes) == 1:
+        return np.zeros(1, dtype=np.int64)
+    tree = linkage(votes.astype(np.float64), method="centroid")
+    return fcluster(tree, t=radius, criterion="distance") - 1
 
 
 def group_people(heatmaps: Tensor | np.ndarray, offsets: Tensor | np.ndarray, stride: int,
@@ -303,6 +330,8 @@ def group_people(heatmaps: Tensor | np.ndarray, offsets: Tensor | np.ndarray, st
     raw = np.nan_to_num(_as_numpy(heatmaps)[:j], nan=0.0, posinf=0.0, neginf=0.0)
     if raw.shape[0] != j or off.shape[0] != 2 * j or raw.shape[1:] != off.shape[1:]:
         raise ValueError(f"heatmaps {raw.shape} do not match offsets {off.shape}")
+    if any(k >= j for k in cfg.seed_joints):
+        raise ValueError(f"seed_joints {cfg.seed_joints} name joint types beyond the {j} maps")
     in_h, in_w = _input_hw(input_size, raw.shape[1:], stride)
     cells = cfg.blur_sigma / stride
     maps = gaussian_filter(raw, sigma=(0, cells, cells)) if cells > 0 else raw
@@ -319,18 +348,14 @@ def group_people(heatmaps: Tensor | np.ndarray, offsets: Tensor | np.ndarray, st
                       cell_y + off[2 * t + 1, r, c] * (in_h / 2.0)], axis=1)
 
     side = max(in_h, in_w)
-    if len(t) == 1:
-        clusters = np.zeros(1, dtype=np.int64)
-    else:
-        tree = linkage(votes.astype(np.float64), method="centroid")
-        clusters = fcluster(tree, t=cfg.cluster_distance * side, criterion="distance") - 1
+    clusters = _cluster(votes, np.stack([x, y], axis=1), cfg.cluster_distance * side)
     groups: list[list[int]] = []
     for k in range(int(clusters.max()) + 1):
         idx = np.flatnonzero(clusters == k)
         if len(np.unique(t[idx])) == len(idx):  # one of each type: one person, as in PPN
             groups.append(list(idx))
         else:
-            split = _split(t[idx], votes[idx], cfg.join_distance * side)
+            split = _split(t[idx], votes[idx], cfg.join_distance * side, cfg.seed_joints)
             groups.extend([int(idx[m]) for m in person] for person in split)
 
     people = []

@@ -162,7 +162,7 @@ class Predictor:
         bf16: run the network under bfloat16 autocast (CUDA or CPU): faster on GPUs, results
             differ from float32 by more than rounding (see the README for the measured tolerance).
         grouping: multi-person models: the thresholds that group joint candidates into people
-            (default: :class:`~mula_cli.partition.GroupingConfig`'s, Pose Partition Networks' values).
+            (default: :class:`~mula_cli.partition.GroupingConfig`'s: Pose Partition Networks' thresholds).
 
     ``path`` says in one line which of these runs (``mula predict`` prints it).
     """

@@ -186,7 +186,8 @@ def test_grouping_and_reference_options_reach_the_decoder_and_the_metric(trained
                      "--min-score", "0.0", "--min-joints", "1", "--save-dir", tmp_path / "ev")
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert doc["pose"]["reference"].startswith("0.13 x the diagonal") and "head-top" not in doc["pose"]["reference"]
+    assert doc["pose"]["reference"].startswith("box: 0.13 x the diagonal") and "head-top" not in doc["pose"]["reference"]
+    assert doc["pose"]["reference_name"] == "box"
     # with every local maximum a candidate and single joints kept, even a barely trained model finds people
     assert doc["pose"]["pred_people"] > 0
     for bad in (["--pose-reference", "torso"], ["--min-joints", "0"], ["--group-distance", "5"]):

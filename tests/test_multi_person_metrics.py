@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from mula_cli.manifests import load_manifest
-from mula_cli.multi_person_metrics import HEAD_BOX_FRACTION, MultiPersonPoseAP, voc_ap
+from mula_cli.multi_person_metrics import (
+    DEFAULT_REFERENCE,
+    HEAD_BOX_FRACTION,
+    MPII_HEAD_FACTOR,
+    MultiPersonPoseAP,
+    voc_ap,
+)
 
 from conftest import run_cli
 
@@ -145,7 +151,7 @@ def test_detections_rank_by_joint_score_not_person_score() -> None:
 
 
 def one_shifted(gt: np.ndarray, joint: int, shift: float, boxes: np.ndarray | None = None,
-                reference: str = "head") -> float:
+                reference: str = "head-neck") -> float:
     """AP of ``joint`` when a single person is predicted exactly except that joint, moved ``shift`` px down."""
     pred = np.where(np.isfinite(gt), gt, BODY)  # predict every joint, labelled or not
     pred[joint, 1] += shift
@@ -155,7 +161,7 @@ def one_shifted(gt: np.ndarray, joint: int, shift: float, boxes: np.ndarray | No
 
 
 def test_threshold_boundary_on_the_head_size() -> None:
-    # head size 20 -> radius 10: a wrist 10 px away is inside (<=), 10.01 px away is not
+    # head-neck reference: head size 20 -> radius 10: a wrist 10 px away is inside (<=), 10.01 px away is not
     assert one_shifted(BODY, 4, 10.0) == 100.0
     assert one_shifted(BODY, 4, 10.01) == 0.0
     # threshold 0.25 -> radius 5
@@ -164,6 +170,40 @@ def test_threshold_boundary_on_the_head_size() -> None:
     pred[4, 1] += 6.0
     m.update([scored(pred, 0.5)], BODY[None])
     assert m.compute()["joint_ap"][4] == 0.0 and m.compute()["threshold"] == 0.25
+
+
+def test_default_reference_is_mpiis_three_quarters_of_head_to_neck() -> None:
+    # head-top to neck 20 px. head-neck: radius 0.5 x 20 = 10; MPII (0.6 x head-box diagonal = 0.75 x
+    # head-neck on MPII's annotations): radius 0.5 x 0.75 x 20 = 7.5. A wrist 0.45 x 20 = 9 px away is a
+    # hit with head-neck (and its former name "head") and a miss with the default
+    assert DEFAULT_REFERENCE == "mpii" and MPII_HEAD_FACTOR == 0.75
+    assert one_shifted(BODY, 4, 9.0, reference="head-neck") == 100.0
+    assert one_shifted(BODY, 4, 9.0, reference="head") == 100.0
+    assert one_shifted(BODY, 4, 9.0, reference="mpii") == 0.0
+    m = MultiPersonPoseAP(PPP)  # the default
+    pred = BODY.copy()
+    pred[4, 1] += 9.0
+    m.update([scored(pred, 0.5)], BODY[None])
+    r = m.compute()
+    assert r["joint_ap"][4] == 0.0 and r["reference_name"] == "mpii" and r["reference"].startswith("mpii: 0.75 x")
+    # the boundary: 7.5 px is inside, 7.51 px is not
+    assert one_shifted(BODY, 4, 7.5, reference="mpii") == 100.0
+    assert one_shifted(BODY, 4, 7.51, reference="mpii") == 0.0
+    assert MultiPersonPoseAP(PPP, reference="head").compute()["reference_name"] == "head-neck"
+
+
+@pytest.mark.parametrize("missing", [0, 1])
+def test_mpii_fallback_is_three_quarters_of_the_box_fallback(missing: int) -> None:
+    # As below: head-top or neck unlabelled, labelled joints' box 60 x 80 -> diagonal 100; head-neck
+    # radius 0.5 x 0.13 x 100 = 6.5, MPII's 0.75 x 6.5 = 4.875
+    gt = np.full((J, 2), np.nan)
+    kept = 1 - missing
+    top = BODY[kept, 1]
+    gt[kept] = BODY[kept]
+    gt[2], gt[4], gt[7] = [10, 30], [70, 60], [40, top + 80]
+    assert one_shifted(gt, 4, 5.0) == 100.0
+    assert one_shifted(gt, 4, 5.0, reference="mpii") == 0.0
+    assert one_shifted(gt, 4, 4.85, reference="mpii") == 100.0
 
 
 @pytest.mark.parametrize("missing", [0, 1])
@@ -408,7 +448,8 @@ def test_protocol_is_checked_and_travels_with_the_state() -> None:
         strict.merge(mpii.state())
 
 
-def test_evaluate_accepts_and_records_map_protocol(tmp_path) -> None:
+def _untrained_multi_person(tmp_path):
+    """Weights of an untrained multi-person hg-tiny and a one-picture synthetic PASCAL cache."""
     from mula_cli.commands.prepare import prepare_synthetic_dataset
     from mula_cli.model.presets import build_model
     from mula_cli.model.weights import save_weights
@@ -420,6 +461,31 @@ def test_evaluate_accepts_and_records_map_protocol(tmp_path) -> None:
                         class_names=PPP.classes, joint_names=PPP.joints)
     weights = tmp_path / "mp.pt"
     save_weights(weights, model, extra={"manifest": PPP.to_json()})
+    return weights, cache
+
+
+def test_evaluate_and_validation_record_the_mpii_reference_by_default(tmp_path) -> None:
+    from mula_cli.evaluation import eval_loader, evaluate_model
+    from mula_cli.model.weights import load_weights
+
+    weights, cache = _untrained_multi_person(tmp_path)
+    for flags, name, start in (((), "mpii", "mpii: 0.75 x the head-top to neck"),
+                               (("--pose-reference", "head"), "head-neck", "head-neck: 1.0 x the head-top to neck")):
+        result = run_cli("evaluate", weights, "--data", cache, "--workers", "0", "--json", *flags,
+                         "--save-dir", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        pose = json.loads((tmp_path / name / "metrics.json").read_text())["pose"]
+        assert pose["reference_name"] == name and pose["reference"].startswith(start), pose["reference"]
+    # training-time validation calls evaluate_model without a reference: the same default
+    model, config, _ = load_weights(weights)
+    loader = eval_loader(cache, "val", config.input_size, config.stride, batch_size=1, workers=0)
+    assert evaluate_model(model, loader, PPP).pose["reference_name"] == "mpii"
+    refused = run_cli("evaluate", weights, "--data", cache, "--workers", "0", "--pose-reference", "torso")
+    assert refused.exit_code == 2 and "use mpii, head-neck, box" in refused.output, refused.output
+
+
+def test_evaluate_accepts_and_records_map_protocol(tmp_path) -> None:
+    weights, cache = _untrained_multi_person(tmp_path)
     result = run_cli("evaluate", weights, "--data", cache, "--workers", "0", "--json", "--map-protocol", "mpii",
                      "--save-dir", tmp_path / "ev")
     assert result.exit_code == 0, result.output

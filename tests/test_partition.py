@@ -12,6 +12,7 @@ from mula_cli.errors import MulaError
 from mula_cli.heatmaps import encode_people_heatmaps, flip_heatmaps, flip_joints
 from mula_cli.manifests import load_manifest
 from mula_cli.partition import (
+    PPN_SEEDS,
     GroupingConfig,
     Person,
     encode_offsets,
@@ -363,11 +364,64 @@ def test_a_joint_pairs_with_the_next_nearest_person_within_the_gate() -> None:
     assert all(np.isfinite(p.joints[:2, 0]).all() for p in found)
 
 
+def _planted(votes: dict[tuple[int, int, int], tuple[float, float]], side: int = 256,
+             stride: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Maps with one peak per (type, row, col) key, whose offset votes for the given (x, y) input pixel."""
+    cells = side // stride
+    heat = np.zeros((J, cells, cells), np.float32)
+    offsets = np.zeros((2 * J, cells, cells), np.float32)
+    for (t, r, c), (vx, vy) in votes.items():
+        heat[t, r, c] = 1.0
+        offsets[2 * t, r, c] = (vx - ((c + 0.5) * stride - 0.5)) / (side / 2)
+        offsets[2 * t + 1, r, c] = (vy - ((r + 0.5) * stride - 0.5)) / (side / 2)
+    return heat, offsets
+
+
+def test_ppn_seeding_keeps_a_twice_detected_joint_from_splitting_a_person() -> None:
+    """One person, its votes within 10 px of (100, 100), its L-elbow (3) detected twice: the two elbows vote
+    10 px left and right of it. Every type seeding, the elbows go first (most detected) and seed two people,
+    and the other joints join the nearer: two half-people of 6 and 9 joints. PPN's rule seeds from the neck
+    only: the other joints join that one person and the second elbow, left over, is dropped."""
+    votes = {(3, 20, 20): (90.0, 100.0), (3, 20, 40): (110.0, 100.0)}
+    for t in (0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13):
+        votes[(t, 10 + 3 * (t % 5), 10 + 12 * (t // 5))] = (92.0 if t < 6 else 108.0, 100.0)
+    heat, offsets = _planted(votes)
+    every = group_people(heat, offsets, 4, 256)
+    assert sorted(int(np.isfinite(p.joints[:, 0]).sum()) for p in every) == [6, 9]
+    ppn = group_people(heat, offsets, 4, 256, GroupingConfig(seed_joints=PPN_SEEDS))
+    assert len(ppn) == 1 and np.isfinite(ppn[0].joints[:, 0]).all()
+
+
+def test_ppn_seeding_drops_a_person_without_neck_or_head_top_in_a_shared_cluster() -> None:
+    """Two people in one cluster (votes 40 px apart, within the grouping radius, beyond the join gate): A
+    has all 14 joints, B only its legs (hips, knees, ankles). Every type seeding finds both; PPN's rule
+    drops B's joints, as none is a neck or a head-top. A person alone in its cluster is kept either way."""
+    votes = {(t, 8 + 3 * (t % 5), 8 + 4 * (t // 5)): (100.0, 100.0) for t in range(J)}
+    legs = (5, 6, 7, 11, 12, 13)
+    votes.update({(t, 40 + 3 * (t % 5), 40 + 4 * (t // 5)): (140.0, 100.0) for t in legs})
+    heat, offsets = _planted(votes)
+    assert len(group_people(heat, offsets, 4, 256)) == 2
+    ppn = group_people(heat, offsets, 4, 256, GroupingConfig(seed_joints=PPN_SEEDS))
+    assert len(ppn) == 1 and np.isfinite(ppn[0].joints[:, 0]).all()
+    alone = {k: v for k, v in votes.items() if k[1] >= 40}
+    heat, offsets = _planted(alone)
+    assert len(group_people(heat, offsets, 4, 256, GroupingConfig(seed_joints=PPN_SEEDS))) == 1
+    with pytest.raises(ValueError, match="seed_joints"):
+        group_people(heat, offsets, 4, 256, GroupingConfig(seed_joints=(14,)))
+
+
+def test_ppn_seeds_are_the_neck_and_head_top_of_the_multi_person_manifests() -> None:
+    for name in ("pascal_person_part", "synthetic_multi_person"):
+        m = load_manifest(name)
+        assert PPN_SEEDS == (m.pckh.neck, m.pckh.head_top) == (m.joints.index("neck"), m.joints.index("head-top"))
+
+
 @pytest.mark.parametrize("field, value", [
     ("peak_threshold", 1.0), ("peak_threshold", -0.1), ("peak_threshold", NAN), ("nms_window", 0),
     ("nms_window", 2.5), ("blur_sigma", -1.0), ("blur_sigma", math.inf), ("cluster_distance", 0.0),
     ("cluster_distance", 5.0), ("join_distance", 0.0), ("join_distance", 3.0), ("min_joints", 0),
-    ("max_candidates", 0), ("max_candidates", 2.0)])
+    ("max_candidates", 0), ("max_candidates", 2.0), ("seed_joints", (1, 1)), ("seed_joints", (-1,)),
+    ("seed_joints", [1, 0]), ("seed_joints", (1.0,))])
 def test_grouping_config_names_the_field_out_of_range(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"^GroupingConfig: {field} must be") as caught:
         GroupingConfig(**{field: value})

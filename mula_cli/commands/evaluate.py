@@ -31,7 +31,7 @@ def evaluate(
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Multi-person models: smallest heatmap peak that counts as a joint candidate. Default: 0.1 (Pose Partition Networks).", rich_help_panel="Multi-person"),
     group_distance: Optional[float] = typer.Option(None, "--group-distance", help="Multi-person models: votes for person centres closer than this fraction of the input side form one person. Default: 0.3125 (PPN's radius is 120 px of the original picture, 0.24 of a 500-px one; see docs/multi_person.md).", rich_help_panel="Multi-person"),
     min_joints: Optional[int] = typer.Option(None, "--min-joints", help="Multi-person models: people with fewer joints are dropped. Default: 4 (PPN).", rich_help_panel="Multi-person"),
-    pose_reference: str = typer.Option("head", "--pose-reference", help="Multi-person mAP: the distance a joint must fall within half of: head (head-top to neck of the annotated person; 0.13 x the box diagonal where either is missing) or box (always 0.13 x the box diagonal).", rich_help_panel="Multi-person"),
+    pose_reference: str = typer.Option("mpii", "--pose-reference", help="Multi-person mAP: the distance a joint must fall within half of: mpii (MPII's head size: 0.75 x head-top to neck of the annotated person, 0.75 x 0.13 x its box diagonal where either is missing), head-neck (1.0 x head-top to neck, 0.13 x the box diagonal where either is missing; 4/3 of mpii's radius; formerly 'head') or box (always 0.13 x the box diagonal).", rich_help_panel="Multi-person"),
     map_protocol: str = typer.Option("strict", "--map-protocol", help="Multi-person mAP's edge rules: strict (every picture counts; ties go to the higher person score; a NaN joint score falls back to the person score; joint types without ground truth left out of the mean) or mpii (exactly MPII's evaluateAP: pictures without predictions or without ground truth ignored, first listed wins ties, NaN scores ranked first, plain mean; see docs/multi_person.md).", rich_help_panel="Multi-person"),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0, help="Data-loading processes. Default: 4, at most one per CPU core."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -47,14 +47,14 @@ def evaluate(
     from mula_cli.manifests import manifest_from_json
     from mula_cli.model.weights import load_weights
     from mula_cli.multi_person_metrics import PROTOCOLS as MAP_PROTOCOLS
-    from mula_cli.multi_person_metrics import REFERENCES
+    from mula_cli.multi_person_metrics import REFERENCE_ALIASES, REFERENCES
     from mula_cli.partition import grouping_from_options
     from mula_cli.progress import make_progress
 
     if protocol not in PROTOCOLS:
         raise MulaError(f"--protocol {protocol!r} is unknown; use {' or '.join(PROTOCOLS)}")
-    if pose_reference not in REFERENCES:
-        raise MulaError(f"--pose-reference {pose_reference!r} is unknown; use head or box")
+    if pose_reference not in REFERENCES and pose_reference not in REFERENCE_ALIASES:
+        raise MulaError(f"--pose-reference {pose_reference!r} is unknown; use {', '.join(REFERENCES)}")
     if map_protocol not in MAP_PROTOCOLS:
         raise MulaError(f"--map-protocol {map_protocol!r} is unknown; use {' or '.join(MAP_PROTOCOLS)}")
     options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=parse_scales(scales),
