@@ -101,6 +101,9 @@ def _register() -> None:
 
     app.add_typer(benchmark.app, name="benchmark")
     app.command("reproduce")(reproduce.reproduce)
+    from mula_cli.commands import plot
+
+    app.command("plot")(plot.plot)
 
 
 _register()

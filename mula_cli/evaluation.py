@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ from mula_cli.metrics import ParsingMetrics, PoseMetrics
 from mula_cli.multi_person_metrics import MultiPersonPoseAP
 from mula_cli.partition import Person
 
+if TYPE_CHECKING:
+    from mula_cli.plots.gallery import Gallery
+
 
 @dataclass
 class ImagePrediction:
@@ -55,6 +59,10 @@ class EvalResult:
     pose: dict[str, object] | None
     images: int
     seconds: float
+    # for plots, not in metrics.json: the parsing confusion matrix (ground truth x prediction) and each
+    # joint group's PCKh curve (single-person pose)
+    confusion: np.ndarray | None = None
+    group_curves: dict[str, dict[str, float]] | None = None
 
     def summary(self) -> dict[str, float]:
         """The headline numbers (for logs and ``best.pt`` selection)."""
@@ -105,7 +113,8 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
                    options: InferenceOptions = InferenceOptions(), amp_dtype: torch.dtype | None = None,
                    progress: Callable[[int], None] | None = None,
                    on_prediction: Callable[[ImagePrediction], None] | None = None,
-                   pose_reference: str = "mpii", map_protocol: str = "strict") -> EvalResult:
+                   pose_reference: str = "mpii", map_protocol: str = "strict",
+                   gallery: Gallery | None = None) -> EvalResult:
     """Score ``model`` on every batch of ``loader`` (from :func:`eval_loader`).
 
     Args:
@@ -119,6 +128,7 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
         on_prediction: receives each image's prediction at original resolution (e.g. to save it).
         pose_reference: multi-person mAP's reference distance (see mula_cli.multi_person_metrics).
         map_protocol: multi-person mAP's edge rules, strict or mpii (see mula_cli.multi_person_metrics).
+        gallery: receives every image's prediction and own scores, to keep the best and worst pictures.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -136,29 +146,37 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
     start = time.perf_counter()
     for batch in loader:
         x = batch["image"].to(device, non_blocking=True)
-        for i, found in enumerate(_predict_originals(model, x, batch, manifest, options, amp_dtype)):
+        predictions = _predict_originals(model, x, batch, manifest, options, amp_dtype)
+        if gallery is not None:  # the previous batch's scores, finished by the host read of these predictions
+            gallery.settle()
+        for i, found in enumerate(predictions):
             gt = batch["orig_parsing"][i]
-            if gt is not None:
-                parsing.update(found.labels, torch.from_numpy(gt))
+            added = parsing.update(found.labels, torch.from_numpy(gt)) if gt is not None else None
             people = batch["orig_joints"][i]
+            own = None
             if isinstance(pose, MultiPersonPoseAP):
-                pose.update([p.joints for p in found.people], people, gt_boxes=batch["orig_boxes"][i],
-                            person_scores=np.array([p.score for p in found.people]))
+                own = pose.update([p.joints for p in found.people], people, gt_boxes=batch["orig_boxes"][i],
+                                  person_scores=np.array([p.score for p in found.people]))
             elif pose is not None and len(people):
                 # the authors' protocol scores the joints as their CSV reader reads them back
                 scored = as_their_reader_reads(found.joints) if options.protocol == AUTHORS else found.joints
-                pose.update(scored, people[0])
+                own = pose.update(scored, people[0])
+            if gallery is not None:
+                gallery.add(batch["id"][i], found, added, own)
             if on_prediction is not None:
                 on_prediction(ImagePrediction(batch["id"][i], found.labels.to(torch.uint8).cpu().numpy(), found.joints,
                                               found.scores, found.people))
         images += x.shape[0]
         if progress is not None:
             progress(x.shape[0])
+    if gallery is not None:
+        gallery.settle()
     parsing.all_reduce()
     if pose is not None:
         pose.all_reduce()  # multi-person AP gathers every rank's detections rather than summing
     count = torch.tensor([images], device=device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(count)
+    curves = pose.group_curves() if hasattr(pose, "group_curves") else None
     return EvalResult(parsing.compute(), pose.compute() if pose is not None else None, int(count.item()),
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, parsing.confusion.cpu().numpy(), curves)

@@ -45,13 +45,16 @@ class ParsingMetrics:
         self.num_classes = num_classes
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
-    def update(self, pred: Tensor, target: Tensor) -> None:
-        """Add one image (or a batch) of predicted and ground-truth class ids of the same shape."""
+    def update(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Add one image (or a batch) of predicted and ground-truth class ids of the same shape; returns
+        the confusion matrix of what was added (on the device, unread: per-image scores without a sync)."""
         k = self.num_classes
         target = target.to(self.confusion.device).long().flatten()
         pred = pred.to(self.confusion.device).long().flatten()
         valid = (target >= 0) & (target < k)
-        self.confusion += torch.bincount(target[valid] * k + pred[valid], minlength=k * k).reshape(k, k)
+        added = torch.bincount(target[valid] * k + pred[valid], minlength=k * k).reshape(k, k)
+        self.confusion += added
+        return added
 
     def all_reduce(self) -> None:
         _all_reduce_(self.confusion)
@@ -113,19 +116,28 @@ class PoseMetrics:
         return (s[: t * j].view(t, j), s[t * j: t * j + j], s[t * j + j: 2 * t * j + j].view(t, j),
                 s[2 * t * j + j: 2 * t * j + 2 * j], s[-2:])
 
-    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        """Add one image: predicted and ground-truth (J, 2) joints in original pixels (NaN = unlabelled)."""
+    def update(self, pred: np.ndarray, gt: np.ndarray) -> float:
+        """Add one image: predicted and ground-truth (J, 2) joints in original pixels (NaN = unlabelled).
+
+        Returns the image's own PCKh@0.5: the fraction of its labelled joints of the average within half
+        its head size (NaN when the image is excluded or labels none of them), e.g. to rank pictures.
+        """
         pred = np.asarray(pred, np.float64)
         gt = np.asarray(gt, np.float64)
         hits, counts, torso_hits, torso_counts, images = self._views()
         spec = self.manifest.pckh
         labelled = np.isfinite(gt).all(axis=1)
         dist = np.linalg.norm(pred - gt, axis=1)
+        own = float("nan")
         if labelled[spec.head_top] and labelled[spec.neck]:
             head = float(np.linalg.norm(gt[spec.head_top] - gt[spec.neck]))
             if head > 0:
                 self._add(hits, counts, dist / head, labelled)
                 images[0] += 1
+                average = labelled[list(spec.average)]
+                with np.errstate(invalid="ignore"):  # a NaN prediction is a miss
+                    within = (dist[list(spec.average)] / head <= 0.5) & average
+                own = float(within.sum() / average.sum()) if average.any() else own
             else:
                 images[1] += 1
         else:
@@ -133,6 +145,7 @@ class PoseMetrics:
         torso = self._torso_size(gt, labelled)
         if torso is not None:
             self._add(torso_hits, torso_counts, dist / torso, labelled)
+        return own
 
     def _add(self, hits: Tensor, counts: Tensor, normalised: np.ndarray, labelled: np.ndarray) -> None:
         # Every labelled joint counts; a missing prediction (NaN, e.g. from an external CSV) is a
@@ -154,6 +167,16 @@ class PoseMetrics:
 
     def all_reduce(self) -> None:
         _all_reduce_(self.state)
+
+    def group_curves(self) -> dict[str, dict[str, float]]:
+        """Each joint group's PCKh (percent) at every threshold: the curve of :meth:`compute`'s groups
+        (its ``curve`` is the pooled Avg's). For plots; not part of metrics.json."""
+        t, _ = self._shape
+        hits, counts = (v.cpu().numpy().astype(np.float64) for v in self._views()[:2])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_joint = 100.0 * hits / counts[None, :]
+        return {name: {f"{self.thresholds[i]:.2f}": nanmean(per_joint[i, list(js)]) for i in range(t)}
+                for name, js in self.manifest.pckh.groups.items()}
 
     def compute(self) -> dict[str, object]:
         """PCKh@0.5 per joint, groups, U.Body, Avg (percent), the PCKh curve and torso PCK@0.2."""

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the tree builders in tests/tre
 def isolated_mula_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("mula_home")
     monkeypatch.setenv("MULA_HOME", str(home))
+    monkeypatch.setenv("MULA_PLOTS", "0")  # no plots (a second a run) unless a test asks: tests/test_plots.py
     monkeypatch.delenv("MULA_DYNCONV", raising=False)
     dynconv = sys.modules.get("mula_cli.ops.dynconv")
     if dynconv is not None:  # it reads MULA_DYNCONV once: forget what an earlier test set

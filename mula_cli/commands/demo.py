@@ -84,6 +84,7 @@ def demo(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto uses a GPU when there is one)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and the training."),
     multi_person: bool = typer.Option(False, "--multi-person", help="Synthetic crowds and a multi-person MuLA (partition branch, pose mAP, one colour per person); about 15 minutes on 2 CPU cores."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", envvar="MULA_PLOTS", help="Draw the training run's results.png and the evaluation's plots and report.html (plots need the `plots` extra)."),
 ) -> None:
     """Generate synthetic people, train a small MuLA, evaluate it before and after, predict on new pictures."""
     from mula_cli.devices import check_device_option
@@ -95,10 +96,10 @@ def demo(
         plan = QUICK if quick else FULL
     if epochs is not None:
         plan = replace(plan, epochs=epochs)
-    run_demo(folder, plan, device, seed)
+    run_demo(folder, plan, device, seed, plots=plots)
 
 
-def run_demo(folder: Optional[Path], plan: DemoPlan, device: str, seed: int) -> Path:
+def run_demo(folder: Optional[Path], plan: DemoPlan, device: str, seed: int, plots: bool = True) -> Path:
     from mula_cli.commands.prepare import prepare_synthetic_dataset
     from mula_cli.files import next_dir, write_json
     from mula_cli.train.engine import train
@@ -118,11 +119,11 @@ def run_demo(folder: Optional[Path], plan: DemoPlan, device: str, seed: int) -> 
     before = _score_untrained(cfg, cache)
 
     out.rule(f"3/5 training {plan.epochs} epochs")
-    run = train(cfg)
+    run = train(cfg, plots=plots)
     weights = run / "weights" / "best.pt"
 
     out.rule("4/5 evaluation")
-    after = _score(weights, cache, device)
+    after = _score(weights, cache, device, report_dir=root / "evaluate" if plots else None)
     _compare(before, after)
 
     if plan.val_every:
@@ -140,6 +141,8 @@ def run_demo(folder: Optional[Path], plan: DemoPlan, device: str, seed: int) -> 
     table.add_row("training run", f"{run} (metrics.csv, vis/, weights/)")
     table.add_row("trained weights", str(weights))
     table.add_row("metrics before/after", str(root / "metrics.json"))
+    for name, files in _plot_files(run, root / "evaluate"):
+        table.add_row(name, files)
     what = "people, one colour each" if plan.multi_person else "pose"
     table.add_row("predictions", f"{predictions} (*.png parsing, *.json {what}, *_overlay.jpg)")
     out.print(table)
@@ -179,17 +182,52 @@ def _pose_score(metrics: dict[str, float]) -> tuple[str, str]:
     return ("mAP", "map") if "map" in metrics else ("PCKh@0.5", "pckh")
 
 
-def _score(weights: Path, cache: Path, device: str) -> dict[str, float]:
+def _score(weights: Path, cache: Path, device: str, report_dir: Optional[Path] = None) -> dict[str, float]:
+    """The trained model's headline metrics; with ``report_dir``, also its metrics.json, plots and
+    report.html there, as ``mula evaluate`` writes them."""
     from mula_cli.data.cache import CacheFile
     from mula_cli.devices import pick_device
     from mula_cli.evaluation import eval_loader, evaluate_model
+    from mula_cli.files import write_json
     from mula_cli.model.weights import load_weights
+    from mula_cli.plots.figures import Plotter
+    from mula_cli.plots.gallery import Gallery
+    from mula_cli.plots.report import write_evaluation_outputs
 
     model, config, _ = load_weights(weights, map_location=pick_device(device))
     with CacheFile(cache) as c:
         manifest = c.manifest
     loader = eval_loader(cache, "val", config.input_size, config.stride, batch_size=16, workers=0)
-    return evaluate_model(model, loader, manifest).summary()
+    gallery = Gallery() if report_dir is not None else None
+    result = evaluate_model(model, loader, manifest, gallery=gallery)
+    if report_dir is not None and gallery is not None:
+        plotter = Plotter()
+        pictures = plotter("the report's pictures", gallery.render, cache, "val", manifest)
+        from mula_cli.commands.evaluate import protocol_record
+        from mula_cli.inference import InferenceOptions
+
+        doc = {"weights": str(weights), "data": str(cache), "split": "val", "images": result.images,
+               "protocol": protocol_record(InferenceOptions(), config.input_size),
+               "parsing": {**result.parsing, "class_names": list(manifest.classes)},
+               "pose": None if result.pose is None else {**result.pose, "joint_names": list(manifest.joints)},
+               "seconds": round(result.seconds, 2)}
+        write_json(report_dir / "metrics.json", doc)
+        write_evaluation_outputs(report_dir, doc, plotter, confusion=result.confusion,
+                                 group_curves=result.group_curves, gallery=pictures)
+    return result.summary()
+
+
+def _plot_files(run: Path, evaluation: Path) -> list[tuple[str, str]]:
+    """The outputs table's rows for the plots and the report that were written (none with --no-plots)."""
+    rows = []
+    if (run / "results.png").is_file():
+        rows.append(("training plots", str(run / "results.png")))
+    if (evaluation / "report.html").is_file():
+        rows.append(("evaluation report", str(evaluation / "report.html")))
+    pngs = sorted(p.name for p in evaluation.glob("*.png")) if evaluation.is_dir() else []
+    if pngs:
+        rows.append(("evaluation plots", f"{evaluation} ({', '.join(pngs)})"))
+    return rows
 
 
 def _compare(before: dict[str, float], after: dict[str, float]) -> None:

@@ -37,6 +37,7 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     amp: str = typer.Option("off", "--amp", help="Mixed precision of the network's forward pass: off|auto|bf16|fp16 (GPU or CPU autocast; decoding stays fp32). Default off: fp32, so the numbers do not depend on the hardware."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout instead of tables."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", envvar="MULA_PLOTS", help="Write per_class_iou.png, confusion_matrix.png, pckh_curve.png (ap_per_joint.png) and report.html beside metrics.json (plots need the `plots` extra)."),
 ) -> None:
     """Score a model with the official test protocol (flip-averaged pose, single-pass parsing)."""
     from mula_cli.data.cache import CacheFile
@@ -49,6 +50,9 @@ def evaluate(
     from mula_cli.multi_person_metrics import PROTOCOLS as MAP_PROTOCOLS
     from mula_cli.multi_person_metrics import REFERENCE_ALIASES, REFERENCES
     from mula_cli.partition import grouping_from_options
+    from mula_cli.plots.figures import Plotter
+    from mula_cli.plots.gallery import Gallery
+    from mula_cli.plots.report import write_evaluation_outputs
     from mula_cli.progress import make_progress
 
     if protocol not in PROTOCOLS:
@@ -83,11 +87,14 @@ def evaluate(
         loader = eval_loader(cache_path, split, config.input_size, config.stride, batch_size=batch_size,
                              workers=workers, limit=limit, options=options)
         writer = _PredictionWriter(save_dir, manifest) if save_dir else None
+        plotter = Plotter(plots)
+        gallery = Gallery() if plots else None  # the report's best and worst pictures
         with make_progress(as_json) as bar:
             task = bar.add_task(f"evaluate {manifest.name}/{split}", total=len(loader.dataset), unit="images")
             result = evaluate_model(model, loader, manifest, options=options, amp_dtype=amp_dtype, pose_reference=pose_reference,
                                     map_protocol=map_protocol, progress=lambda n: bar.advance(task, n),
-                                    on_prediction=writer.add if writer else None)
+                                    on_prediction=writer.add if writer else None, gallery=gallery)
+        pictures = plotter("the report's pictures", gallery.render, cache_path, split, manifest) if gallery else None
     folder = save_dir or next_dir(Path("runs/evaluate"))
     record = protocol_record(options, config.input_size)
     if result.pose is not None and "map" in result.pose:  # multi-person: the mAP's edge rules
@@ -102,6 +109,8 @@ def evaluate(
         "seconds": round(result.seconds, 2),
     }
     write_json(folder / "metrics.json", doc)
+    drawn = write_evaluation_outputs(folder, doc, plotter, confusion=result.confusion, group_curves=result.group_curves,
+                                     gallery=pictures)
     if writer is not None:
         writer.close()
     if as_json:
@@ -110,6 +119,8 @@ def evaluate(
     _print_tables(result, manifest)
     out.print(f"{result.images:,} images in {result.seconds:.1f} s; metrics: {folder / 'metrics.json'}"
               + (f"; predictions: {save_dir}" if save_dir else ""))
+    if drawn:
+        out.print(f"plots and report: {', '.join(str(p) for p in drawn)}", soft_wrap=True)
 
 
 def _check_same_names(weights: Path, trained_on, cache_path: Path, manifest) -> None:

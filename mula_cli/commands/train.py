@@ -56,6 +56,7 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", help="TOML or YAML file setting any option; flags win.", rich_help_panel=OUTPUT),
     log_every: Optional[int] = typer.Option(None, "--log-every", min=1, help="Read the loss every N steps (the only host sync). Default: 20.", rich_help_panel=OUTPUT),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines.", rich_help_panel=OUTPUT),
+    plots: bool = typer.Option(True, "--plots/--no-plots", envvar="MULA_PLOTS", help="Redraw results.png (losses, lr, speed, validation, loss balance) in the run directory after the epochs (needs the `plots` extra).", rich_help_panel=OUTPUT),
 ) -> None:
     """Train MuLA (defaults: the paper's recipe, Hourglass MuLA with 5 stages on LIP)."""
     from mula_cli.train.checkpoint import load_checkpoint, resumed_config
@@ -76,9 +77,9 @@ def train(
                             "(only --epochs, --workers and --device may change; --project tells where to look)")
         checkpoint = load_checkpoint(path)  # read once: the engine resumes from this payload
         cfg = resumed_config(checkpoint, path, epochs=epochs, workers=workers, device=device)
-        run_training(cfg, resume=path, checkpoint=checkpoint, quiet=quiet)
+        run_training(cfg, resume=path, checkpoint=checkpoint, quiet=quiet, plots=plots)
         return
     cfg = resolve_config(flags, config)
     if weights is not None and not weights.is_file():
         raise MulaError(f"--weights {weights} does not exist")
-    run_training(cfg, weights=weights, quiet=quiet)
+    run_training(cfg, weights=weights, quiet=quiet, plots=plots)

@@ -37,6 +37,8 @@ from mula_cli.manifests import DatasetManifest
 from mula_cli.model.mula import MuLA
 from mula_cli.model.presets import build_model, dataset_overrides
 from mula_cli.model.weights import load_weights, save_weights
+from mula_cli.plots.figures import Plotter, plots_wanted
+from mula_cli.plots.training import ResultsPlot
 from mula_cli.progress import make_progress
 from mula_cli.train.balance import balance_columns, measure_balance, tasks_of
 from mula_cli.train.checkpoint import TrainState, load_checkpoint, restore_training, save_checkpoint
@@ -122,18 +124,19 @@ def build_training_model(cfg: TrainConfig, manifest: DatasetManifest, partition:
 
 
 def train(cfg: TrainConfig, *, resume: Path | None = None, weights: Path | None = None,
-          quiet: bool = False, checkpoint: dict[str, Any] | None = None) -> Path:
+          quiet: bool = False, checkpoint: dict[str, Any] | None = None, plots: bool | None = None) -> Path:
     """Run a training run, or continue the one whose ``last.pt`` is ``resume``; returns its run directory.
 
     When resuming, ``cfg`` must be :func:`mula_cli.train.checkpoint.resumed_config` of that checkpoint,
     and ``checkpoint`` may be its payload as the caller loaded it (:func:`load_checkpoint` of
-    ``resume``), so that a large checkpoint is not read twice.
+    ``resume``), so that a large checkpoint is not read twice. ``plots`` redraws ``results.png`` after
+    the epochs (a plotting error is a warning, never the run's end; None: unless ``MULA_PLOTS=0``).
     """
     world = setup_world(cfg.device)
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
-        return _train(cfg, world, resume=resume, weights=weights, quiet=quiet, checkpoint=checkpoint)
+        return _train(cfg, world, resume=resume, weights=weights, quiet=quiet, checkpoint=checkpoint, plots=plots)
     except RuntimeError as exc:
         if cfg.deterministic and "deterministic" in str(exc):  # an operation without a deterministic kernel
             what = re.split(r",? but you set", " ".join(str(exc).split()), maxsplit=1)[0]
@@ -146,7 +149,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, weights: Path | None 
 
 
 def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path | None, quiet: bool,
-           checkpoint: dict[str, Any] | None) -> Path:
+           checkpoint: dict[str, Any] | None, plots: bool | None) -> Path:
     device = world.device
     if resume is None:
         checkpoint = None
@@ -240,6 +243,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                   f"{world.size} x {device.type}{' ' + str(amp_dtype).replace('torch.', '') if amp_dtype else ''}")
         out.print(f"run directory: [bold]{run_dir}[/]")
     writer = _tensorboard(run_dir) if world.is_main else None
+    results = ResultsPlot(run_dir, Plotter(plots_wanted() if plots is None else plots)) if world.is_main else None
 
     # ---- epochs ---------------------------------------------------------------------------
     parts_order = [f"s{t + 1}/{task}" for t in range(mcfg.stages) for task in tasks]
@@ -331,6 +335,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: Path | None, weights: Path
                 log.append(row)
                 save_checkpoint(run_dir / "weights" / "last.pt", model, optimizer, scaler, state, extra)
                 _log_epoch(row, quiet, writer)
+                results.update(log.rows, force=is_last or "val_miou" in row)  # results.png
     if world.is_main:
         out.print(f"finished {cfg.epochs} epochs; results in [bold]{run_dir}[/] "
                   f"(best.pt: {_best_text(state)})")
