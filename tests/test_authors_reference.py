@@ -80,7 +80,7 @@ def their_pose(model, im: np.ndarray, crop: int, scales: list[float]) -> np.ndar
             fused[k, j] = heat
     canvas = np.zeros((joints, crop, crop))
     for k, sm in enumerate(scales):
-        x0, y0, sx0, sy0, x1, y1, sx1, sy1 = params[k]
+        x0, y0, sx0, sy0, _, _, sx1, sy1 = params[k]
         part = fused[k][:, sy0:sy1, sx0:sx1].transpose((1, 2, 0))
         part = cv2.resize(part, None, fx=1.0 / sm, fy=1.0 / sm, interpolation=cv2.INTER_LINEAR).transpose((2, 0, 1))
         ul_x, ul_y = int((crop - part.shape[2]) / 2.0), int((crop - part.shape[1]) / 2.0)
@@ -125,9 +125,7 @@ def test_evaluate_gives_the_authors_joints_labels_and_scores(tiny_weights: Path,
                                                             scales: list[float]) -> None:
     from mula_cli.data.prepare import prepare_dataset
 
-    from trees import csv_row, lip_paths, png_bytes
-
-    from trees import build_lip_tree
+    from trees import build_lip_tree, csv_row, lip_paths, png_bytes
 
     build_lip_tree(tmp_path / "LIP", counts={"train": 1, "val": len(SIZES)}, seed=5, sizes=SIZES)
     paths = lip_paths(tmp_path / "LIP", "official", "val")
