@@ -61,7 +61,7 @@ FULL = DemoPlan()
 QUICK = DemoPlan(train=24, val=8, test=2, epochs=1, batch_size=8)  # what the tests run
 # Synthetic crowds (1-4 people of varied sizes): validated every 2 epochs, so metrics.csv holds the
 # curve of held-out mAP against training time (README, "Multi-person demo").
-MULTI_PERSON = DemoPlan(multi_person=True, width=32, epochs=20, lovasz=0.0, val_every=2)
+MULTI_PERSON = DemoPlan(multi_person=True, width=32, epochs=12, lovasz=0.0, val_every=2)
 QUICK_MULTI_PERSON = replace(QUICK, multi_person=True, lovasz=0.0, val_every=1)
 
 
