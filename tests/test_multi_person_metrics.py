@@ -192,15 +192,22 @@ def test_default_reference_is_mpiis_three_quarters_of_head_to_neck() -> None:
     assert MultiPersonPoseAP(PPP, reference="head").compute()["reference_name"] == "head-neck"
 
 
-@pytest.mark.parametrize("missing", [0, 1])
-def test_mpii_fallback_is_three_quarters_of_the_box_fallback(missing: int) -> None:
-    # As below: head-top or neck unlabelled, labelled joints' box 60 x 80 -> diagonal 100; head-neck
-    # radius 0.5 x 0.13 x 100 = 6.5, MPII's 0.75 x 6.5 = 4.875
+def _head_joint_missing(missing: int) -> np.ndarray:
+    """A person with head-top (0) or neck (1) unlabelled; labelled: the other head joint (50, top),
+    (10, 30), (70, 60), (40, top + 80), whose box is 60 x 80 (diagonal 100)."""
     gt = np.full((J, 2), np.nan)
     kept = 1 - missing
     top = BODY[kept, 1]
     gt[kept] = BODY[kept]
     gt[2], gt[4], gt[7] = [10, 30], [70, 60], [40, top + 80]
+    return gt
+
+
+@pytest.mark.parametrize("missing", [0, 1])
+def test_mpii_fallback_is_three_quarters_of_the_box_fallback(missing: int) -> None:
+    # As below: head-top or neck unlabelled, labelled joints' box 60 x 80 -> diagonal 100; head-neck
+    # radius 0.5 x 0.13 x 100 = 6.5, MPII's 0.75 x 6.5 = 4.875
+    gt = _head_joint_missing(missing)
     assert one_shifted(gt, 4, 5.0) == 100.0
     assert one_shifted(gt, 4, 5.0, reference="mpii") == 0.0
     assert one_shifted(gt, 4, 4.85, reference="mpii") == 100.0
@@ -211,11 +218,7 @@ def test_head_fallback_uses_the_box_of_labelled_joints(missing: int) -> None:
     # Head-top or neck unlabelled -> reference = 0.13 x diagonal of the labelled joints' box. Labelled:
     # the other head joint (50, top), (10, 30), (70, 60), (40, top + 80): box 60 x 80.
     assert HEAD_BOX_FRACTION == 0.13
-    gt = np.full((J, 2), np.nan)
-    kept = 1 - missing
-    top = BODY[kept, 1]
-    gt[kept] = BODY[kept]
-    gt[2], gt[4], gt[7] = [10, 30], [70, 60], [40, top + 80]
+    gt = _head_joint_missing(missing)
     # box 60 x 80 -> diagonal 100 -> reference 13 -> radius 6.5
     assert one_shifted(gt, 4, 6.4) == 100.0
     assert one_shifted(gt, 4, 6.6) == 0.0

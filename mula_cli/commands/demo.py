@@ -185,10 +185,12 @@ def _pose_score(metrics: dict[str, float]) -> tuple[str, str]:
 def _score(weights: Path, cache: Path, device: str, report_dir: Optional[Path] = None) -> dict[str, float]:
     """The trained model's headline metrics; with ``report_dir``, also its metrics.json, plots and
     report.html there, as ``mula evaluate`` writes them."""
+    from mula_cli.commands.evaluate import metrics_document, protocol_record
     from mula_cli.data.cache import CacheFile
     from mula_cli.devices import pick_device
     from mula_cli.evaluation import eval_loader, evaluate_model
     from mula_cli.files import write_json
+    from mula_cli.inference import InferenceOptions
     from mula_cli.model.weights import load_weights
     from mula_cli.plots.figures import Plotter
     from mula_cli.plots.gallery import Gallery
@@ -203,14 +205,8 @@ def _score(weights: Path, cache: Path, device: str, report_dir: Optional[Path] =
     if report_dir is not None and gallery is not None:
         plotter = Plotter()
         pictures = plotter("the report's pictures", gallery.render, cache, "val", manifest)
-        from mula_cli.commands.evaluate import protocol_record
-        from mula_cli.inference import InferenceOptions
-
-        doc = {"weights": str(weights), "data": str(cache), "split": "val", "images": result.images,
-               "protocol": protocol_record(InferenceOptions(), config.input_size),
-               "parsing": {**result.parsing, "class_names": list(manifest.classes)},
-               "pose": None if result.pose is None else {**result.pose, "joint_names": list(manifest.joints)},
-               "seconds": round(result.seconds, 2)}
+        doc = metrics_document(result, manifest, weights=weights, data=cache, split="val",
+                               protocol=protocol_record(InferenceOptions(), config.input_size))
         write_json(report_dir / "metrics.json", doc)
         write_evaluation_outputs(report_dir, doc, plotter, confusion=result.confusion,
                                  group_curves=result.group_curves, gallery=pictures)

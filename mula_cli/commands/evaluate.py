@@ -99,15 +99,10 @@ def evaluate(
     record = protocol_record(options, config.input_size)
     if result.pose is not None and "map" in result.pose:  # multi-person: the mAP's edge rules
         record["map_protocol"] = map_protocol
-    doc = {
-        "weights": str(weights), "data": str(data or manifest.name), "split": split, "images": result.images,
-        "protocol": record,
-        # the network's forward pass; decoding (upsampling, blur, argmax, grouping) is always float32
-        "precision": {"network": precision_name(amp_dtype), "decoding": "float32", "device": dev.type},
-        "parsing": {**result.parsing, "class_names": list(manifest.classes)},
-        "pose": None if result.pose is None else {**result.pose, "joint_names": list(manifest.joints)},
-        "seconds": round(result.seconds, 2),
-    }
+    # the network's forward pass; decoding (upsampling, blur, argmax, grouping) is always float32
+    precision = {"network": precision_name(amp_dtype), "decoding": "float32", "device": dev.type}
+    doc = metrics_document(result, manifest, weights=weights, data=data or manifest.name, split=split,
+                           protocol=record, precision=precision)
     write_json(folder / "metrics.json", doc)
     drawn = write_evaluation_outputs(folder, doc, plotter, confusion=result.confusion, group_curves=result.group_curves,
                                      gallery=pictures)
@@ -134,6 +129,18 @@ def _check_same_names(weights: Path, trained_on, cache_path: Path, manifest) -> 
             raise MulaError(f"{weights} was trained on {trained_on.name} data whose {what} {i} is {ours[i]!r}, but "
                             f"{what} {i} of {cache_path} ({manifest.name}) is {theirs[i]!r} ({len(differ)} {what} "
                             "name(s) differ); evaluate on the data the weights were trained for (--data)")
+
+
+def metrics_document(result, manifest, *, weights, data, split: str, protocol: dict,
+                     precision: dict | None = None) -> dict:
+    """What metrics.json holds for an evaluation ``result`` (also what report.html is drawn from)."""
+    return {
+        "weights": str(weights), "data": str(data), "split": split, "images": result.images, "protocol": protocol,
+        **({"precision": precision} if precision is not None else {}),
+        "parsing": {**result.parsing, "class_names": list(manifest.classes)},
+        "pose": None if result.pose is None else {**result.pose, "joint_names": list(manifest.joints)},
+        "seconds": round(result.seconds, 2),
+    }
 
 
 def protocol_record(options, input_size: int) -> dict:
