@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from mula_cli.fastpath import FastMuLA
+from mula_cli.inference.fastpath import FastMuLA
 from mula_cli.model.presets import build_model
 from mula_cli.model.summary import model_flops
 

@@ -24,8 +24,8 @@ import torch
 from mula_cli.data.dataset import MulaDataset, SampleConfig
 from mula_cli.data.prepare import prepare_dataset
 from mula_cli.data.synthetic.writer import generate_lip_tree
-from mula_cli.data.transforms import NO_AUGMENT, AugmentConfig
-from mula_cli.manifests import load_manifest
+from mula_cli.transforms.affine import NO_AUGMENT, AugmentConfig
+from mula_cli.utils.manifests import load_manifest
 
 RESULTS = Path(__file__).resolve().parent / "results" / "data_speed.json"
 

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mula_cli.files import atomic_write
+from mula_cli.utils.files import atomic_write
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGET_S = {"cuda_tests": 100, "data": 15, "train_interrupted": 35, "train_resumed": 35, "evaluate_fp32": 15,

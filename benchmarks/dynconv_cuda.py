@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from mula_cli.bench import dynconv
-from mula_cli.errors import MulaError
-from mula_cli.files import write_json
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.files import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -45,15 +45,15 @@ import numpy as np
 import torch
 from scipy.cluster.hierarchy import linkage
 
-from mula_cli import partition
+from mula_cli.codecs import partition
+from mula_cli.codecs.heatmaps import grid_centers
+from mula_cli.codecs.partition import PPN_SEEDS, GroupingConfig, group_people
 from mula_cli.data.synthetic.body import sample_figure
 from mula_cli.data.synthetic.render import PART_SLOTS
 from mula_cli.data.synthetic.writer import pascal_scene
-from mula_cli.files import write_json
-from mula_cli.heatmaps import grid_centers
-from mula_cli.manifests import load_manifest
-from mula_cli.multi_person_metrics import MultiPersonPoseAP
-from mula_cli.partition import PPN_SEEDS, GroupingConfig, group_people
+from mula_cli.evaluation.multi_person_metrics import MultiPersonPoseAP
+from mula_cli.utils.files import write_json
+from mula_cli.utils.manifests import load_manifest
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "grouping_check.json"

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from mula_cli.commands.demo import FULL, DemoPlan, plan_config, run_demo
-from mula_cli.files import write_json
+from mula_cli.utils.files import write_json
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "learning_check.json"
@@ -122,7 +122,7 @@ def demo_key(plan: DemoPlan, device: str, seed: int) -> str:
 def compare(plan: DemoPlan, device: str, seeds: list[int], names: list[str]) -> None:
     from mula_cli.commands.prepare import prepare_synthetic_dataset
     from mula_cli.data.cache import CacheFile
-    from mula_cli.evaluation import eval_loader, evaluate_model
+    from mula_cli.evaluation.runner import eval_loader, evaluate_model
     from mula_cli.model.weights import load_weights
     from mula_cli.train.engine import train
 

@@ -31,17 +31,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mula_cli.codecs.heatmaps import encode_people_heatmaps
+from mula_cli.codecs.partition import GroupingConfig, encode_offsets, group_people
 from mula_cli.commands.prepare import prepare_synthetic_dataset
 from mula_cli.data.cache import CacheFile
-from mula_cli.evaluation import eval_loader, evaluate_model
-from mula_cli.files import write_json
-from mula_cli.heatmaps import encode_people_heatmaps
+from mula_cli.evaluation.multi_person_metrics import MultiPersonPoseAP
+from mula_cli.evaluation.runner import eval_loader, evaluate_model
 from mula_cli.model.mula import ModelOutput, MultiPersonOutput
 from mula_cli.model.weights import load_weights
-from mula_cli.multi_person_metrics import MultiPersonPoseAP
-from mula_cli.partition import GroupingConfig, encode_offsets, group_people
 from mula_cli.train.config import TrainConfig
 from mula_cli.train.engine import build_training_model, train
+from mula_cli.utils.files import write_json
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "multi_person_check.json"

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mula_cli.authors_protocol import ALL_STEPS, AuthorsSteps, authors_views, predict_originals
 from mula_cli.data.cache import CacheFile, resolve_cache
-from mula_cli.evaluation import eval_loader, evaluate_model
-from mula_cli.files import write_json
-from mula_cli.inference import PAPER_SCALES, InferenceOptions
-from mula_cli.metrics import ParsingMetrics, PoseMetrics
+from mula_cli.evaluation.metrics import ParsingMetrics, PoseMetrics
+from mula_cli.evaluation.runner import eval_loader, evaluate_model
+from mula_cli.inference.authors_predict import predict_originals
+from mula_cli.inference.batch import PAPER_SCALES, InferenceOptions
 from mula_cli.model.weights import load_weights
+from mula_cli.transforms.authors_views import ALL_STEPS, AuthorsSteps, authors_views
+from mula_cli.utils.files import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "protocol_fidelity.json"
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mula_cli.data.synthetic.writer import generate_lip_tree, generate_pascal_tree
-from mula_cli.manifests import DatasetManifest, load_manifest
+from mula_cli.utils.manifests import DatasetManifest, load_manifest
 
 RESULTS = Path(__file__).resolve().parent / "results" / "synthetic_speed.json"
 

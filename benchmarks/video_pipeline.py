@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 
 from mula_cli.bench.predict import machine, write_random_weights
-from mula_cli.predictor import Predictor
-from mula_cli.video import VideoWriter, open_source
-from mula_cli.video_predict import VideoOptions, VideoOutputs, predict_video
+from mula_cli.inference.predictor import Predictor
+from mula_cli.inference.video_predict import VideoOptions, VideoOutputs, predict_video
+from mula_cli.io.video import VideoWriter, open_source
 
 RESULTS = Path(__file__).resolve().parent / "results" / "video_pipeline.json"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from mula_cli.interrupts import exiting_on_stop_signals
+from mula_cli.utils.interrupts import exiting_on_stop_signals
 
 
 def main(argv: Optional[list[str]] = None) -> None:

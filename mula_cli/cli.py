@@ -9,9 +9,9 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from mula_cli import __version__
-from mula_cli.errors import MulaError
-from mula_cli.interrupts import raising_on_stop_signals, signal_number
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.interrupts import raising_on_stop_signals, signal_number
+from mula_cli.utils.version import __version__
 
 # Options whose value may be left out, and what they mean then. Click's optional values
 # (``is_flag=False, flag_value=...``) are not reachable through Typer: it deprecated both parameters
@@ -41,12 +41,12 @@ class _ReportingGroup(TyperGroup):
         except MulaError as exc:
             from rich.markup import escape
 
-            from mula_cli.console import err
+            from mula_cli.utils.console import err
 
             err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, markup=True, highlight=False)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # every output is written atomically: what exists is whole
-            from mula_cli.console import err
+            from mula_cli.utils.console import err
 
             signum = signal_number(exc)
             err.print(f"\n[yellow]interrupted ({signal.Signals(signum).name})[/]", highlight=False)

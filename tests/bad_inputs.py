@@ -528,9 +528,9 @@ def _tiny_weights(path: Path, manifest_name: str = "lip", width: int = 16, class
     statistics that keep activations in range."""
     import torch
 
-    from mula_cli.manifests import load_manifest
     from mula_cli.model.presets import build_model
     from mula_cli.model.weights import save_weights
+    from mula_cli.utils.manifests import load_manifest
 
     manifest = load_manifest(manifest_name)
     doc = json.loads(manifest.to_json())

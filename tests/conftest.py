@@ -64,9 +64,9 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (the defaults would make every stage amplify its input)."""
     import torch
 
-    from mula_cli.manifests import load_manifest
     from mula_cli.model.presets import build_model
     from mula_cli.model.weights import save_weights
+    from mula_cli.utils.manifests import load_manifest
 
     lip = load_manifest("lip")
     torch.manual_seed(0)

@@ -12,16 +12,10 @@ import torch
 from PIL import Image
 from test_multiscale import SIZE, Probe, _picture
 
-from mula_cli.authors_protocol import (
-    Window,
-    _fuse_pose,
-    _labels_to_original,
-    cut_window,
-    predict_originals,
-    resize_bicubic,
-)
-from mula_cli.data.transforms import letterbox
-from mula_cli.manifests import load_manifest
+from mula_cli.inference.authors_predict import _fuse_pose, _labels_to_original, predict_originals
+from mula_cli.transforms.affine import letterbox
+from mula_cli.transforms.authors_views import Window, cut_window, resize_bicubic
+from mula_cli.utils.manifests import load_manifest
 
 from conftest import run_cli
 
@@ -97,8 +91,8 @@ def test_coordinates_map_back_without_half_pixels_and_are_truncated() -> None:
     found = predict_originals(model, views, placed.to_array()[None, None], [(100, 60)], LIP, (1.0,))[0]
     assert np.array_equal(found.joints, np.trunc(found.joints))
     # recompute one joint: argmax of the blurred fused map, then (pos - store + crop) / base
-    from mula_cli.authors_protocol import _fuse_pose as fuse
-    from mula_cli.heatmaps import flip_heatmaps, gaussian_blur
+    from mula_cli.codecs.heatmaps import flip_heatmaps, gaussian_blur
+    from mula_cli.inference.authors_predict import _fuse_pose as fuse
 
     x = views[:, 0]
     up = torch.nn.functional.interpolate(
@@ -127,7 +121,7 @@ def test_evaluate_with_the_authors_protocol(tiny_weights: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Without OpenCV (forced here; tests/test_authors_reference.py runs it with OpenCV) the steps are
     emulated, and evaluate says so once and records it."""
-    import mula_cli.authors_protocol as authors
+    import mula_cli.transforms.authors_views as authors
     from mula_cli.data.prepare import prepare_dataset
 
     from trees import build_lip_tree
@@ -152,7 +146,7 @@ def test_evaluate_with_the_authors_protocol(tiny_weights: Path, tmp_path: Path,
 
 @pytest.mark.parametrize("scales", [(1.0,), (0.7, 1.0, 1.3)])
 def test_authors_predictions_have_the_pictures_size(scales: tuple[float, ...]) -> None:
-    from mula_cli.authors_protocol import authors_views
+    from mula_cli.transforms.authors_views import authors_views
 
     img = _picture(80, 45)
     sample = authors_views(img, SIZE, scales)
@@ -162,9 +156,9 @@ def test_authors_predictions_have_the_pictures_size(scales: tuple[float, ...]) -
 
 
 def test_every_step_switched_off_is_the_default_protocol() -> None:
-    from mula_cli.authors_protocol import AuthorsSteps, authors_views
-    from mula_cli.data.transforms import apply_affine, invert_affine
-    from mula_cli.inference import predict_batch, to_original
+    from mula_cli.inference.batch import predict_batch, to_original
+    from mula_cli.transforms.affine import apply_affine, invert_affine
+    from mula_cli.transforms.authors_views import AuthorsSteps, authors_views
 
     model, img = Probe(), _picture(90, 50)
     off = AuthorsSteps(placement=False, crop_heatmaps=False, integer_coordinates=False, parsing_map_back=False)
@@ -189,7 +183,8 @@ def test_views_are_fused_as_they_come_with_the_same_sums() -> None:
 
     from scipy.ndimage import gaussian_filter
 
-    from mula_cli.authors_protocol import _flip_average, authors_views
+    from mula_cli.inference.authors_predict import _flip_average
+    from mula_cli.transforms.authors_views import authors_views
 
     model, scales = Probe(), (0.7, 0.85, 1.0, 1.15, 1.3)
     imgs = [_picture(80 + 7 * i, 45 + 5 * i) for i in range(4)]
@@ -224,8 +219,8 @@ def test_views_are_fused_as_they_come_with_the_same_sums() -> None:
 def test_their_reader_sets_negative_and_nan_coordinates_to_1_each_on_its_own() -> None:
     """Issue 21: utils/calc_pckh.py read_data reads "nan" as -1, then data[data<0] = 1 on the
     (images, joints, 2) prediction array: x and y separately, never the whole joint."""
-    from mula_cli.authors_protocol import as_their_reader_reads
-    from mula_cli.metrics import PoseMetrics
+    from mula_cli.evaluation.authors_protocol import as_their_reader_reads
+    from mula_cli.evaluation.metrics import PoseMetrics
 
     pred = np.array([[-37.0, 0.0], [20.0, -3.0], [np.nan, np.nan], [np.nan, 12.0], [-0.0, 5.0], [7.0, 8.0]])
     read = as_their_reader_reads(pred)
@@ -248,7 +243,7 @@ def test_their_reader_sets_negative_and_nan_coordinates_to_1_each_on_its_own() -
     # the first maximum is the fused canvas' zero corner, left of the picture: x = (0 - 15 + 0) / base
     green = np.zeros((90, 50, 3), np.uint8)
     green[..., 1] = 255
-    from mula_cli.authors_protocol import authors_views
+    from mula_cli.transforms.authors_views import authors_views
 
     sample = authors_views(Image.fromarray(green), SIZE, (1.0,))
     found = predict_originals(Probe(), torch.from_numpy(sample["views"])[None], sample["windows"][None],
@@ -284,7 +279,7 @@ def test_evaluate_scores_negative_and_nan_joints_as_their_reader(tiny_weights: P
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 21: under --protocol authors, PCKh is what their CSV reader + PCKh script make of the
     predictions, negative and NaN coordinates included."""
-    import mula_cli.evaluation as evaluation
+    import mula_cli.evaluation.runner as evaluation
     from mula_cli.data.prepare import prepare_dataset
 
     from trees import build_lip_tree, csv_row, lip_paths

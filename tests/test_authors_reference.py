@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 from test_authors_protocol import _their_pckh
 
-from mula_cli.manifests import load_manifest
 from mula_cli.model.loss import upsample_logits
 from mula_cli.model.weights import load_weights
+from mula_cli.utils.manifests import load_manifest
 
 from conftest import run_cli
 

@@ -126,7 +126,7 @@ def test_the_picture_folder_goes_on_past_every_bad_picture_and_exits_1(corpus, p
 
 @pytest.mark.parametrize(("name", "command"), _cases(PICTURE))
 def test_picture(name: str, command: str, corpus, picture_run) -> None:
-    from mula_cli.manifests import load_manifest
+    from mula_cli.utils.manifests import load_manifest
 
     entry = corpus[(PICTURE, name)]
     result, out = picture_run

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from mula_cli.codecs.heatmaps import decode_argmax
 from mula_cli.data.cache import CacheFile
 from mula_cli.data.dataset import MulaDataset, SampleConfig
-from mula_cli.data.transforms import NO_AUGMENT, AugmentConfig, apply_affine, invert_affine
-from mula_cli.heatmaps import decode_argmax
-from mula_cli.manifests import load_manifest
+from mula_cli.transforms.affine import NO_AUGMENT, AugmentConfig, apply_affine, invert_affine
+from mula_cli.utils.manifests import load_manifest
 
 from trees import build_lip_cache
 
@@ -140,7 +140,7 @@ def test_dataset_opens_hdf5_lazily_in_each_worker(lip_cache: Path) -> None:
 
 
 def test_limit_and_bad_split(lip_cache: Path) -> None:
-    from mula_cli.errors import MulaError
+    from mula_cli.utils.errors import MulaError
 
     assert len(MulaDataset(lip_cache, "train", limit=3)) == 3
     with pytest.raises(MulaError, match="no 'test' split"):
@@ -173,7 +173,7 @@ def _photo(width: int, height: int, seed: int) -> Image.Image:
 @pytest.mark.parametrize("person", [(900.0, 500.0, 0.6), (750.0, 500.0, 4.0)])  # small; large (reduced first)
 def test_device_warp_of_a_large_photo_agrees_as_on_small_pictures(person: tuple[float, float, float]) -> None:
     from mula_cli.data.device_warp import crop_footprint, warp_images
-    from mula_cli.data.transforms import train_affine, warp_image
+    from mula_cli.transforms.affine import train_affine, warp_image
 
     x, y, scale = person
     errors = {}
@@ -200,8 +200,8 @@ def test_samples_without_labels_use_the_manifests_ignore_label(lip_cache: Path) 
 def test_an_ignore_label_a_uint8_label_map_cannot_hold_apart_is_refused(ignore_label: int) -> None:
     import json
 
-    from mula_cli.errors import MulaError
-    from mula_cli.manifests import manifest_from_dict
+    from mula_cli.utils.errors import MulaError
+    from mula_cli.utils.manifests import manifest_from_dict
 
     raw = json.loads(load_manifest("lip").to_json())
     raw["ignore_label"] = ignore_label

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mula_cli.data.device_warp import warp_images
-from mula_cli.manifests import load_manifest
 from mula_cli.model.adaptation import ParameterAdapter, adaptive_average_by_matrices
 from mula_cli.model.loss import (
     _cumsum,
@@ -31,6 +30,7 @@ from mula_cli.model.presets import build_model, dataset_overrides
 from mula_cli.ops import dynconv
 from mula_cli.ops.resample import upsample_bilinear_aligned
 from mula_cli.train.balance import measure_balance
+from mula_cli.utils.manifests import load_manifest
 
 from conftest import run_cli
 

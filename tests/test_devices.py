@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mula_cli.devices import check_device_option, pick_device
-from mula_cli.errors import MulaError
+from mula_cli.utils.devices import check_device_option, pick_device
+from mula_cli.utils.errors import MulaError
 
 from conftest import run_cli
 
@@ -94,7 +94,7 @@ def test_asking_for_a_missing_gpu_is_one_line_too(tiny_weights: Path, tmp_path: 
 
 
 def test_one_amp_rule_for_training_and_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mula_cli.devices import amp_dtype
+    from mula_cli.utils.devices import amp_dtype
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     # asked for, bf16 and fp16 run on the CPU too (CPU autocast); auto stays full precision there
@@ -110,7 +110,7 @@ def test_one_amp_rule_for_training_and_evaluation(monkeypatch: pytest.MonkeyPatc
 
 
 def test_autocast_is_one_rule_and_none_switches_it_off() -> None:
-    from mula_cli.devices import autocast, precision_name
+    from mula_cli.utils.devices import autocast, precision_name
 
     x, w = torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3)
     with autocast(torch.device("cpu"), torch.bfloat16):

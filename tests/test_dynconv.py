@@ -22,8 +22,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mula_cli.errors import MulaError
 from mula_cli.ops import dynamic_depthwise_conv2d, dynamic_depthwise_conv2d_grouped, dynconv, dynconv_op
+from mula_cli.utils.errors import MulaError
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(

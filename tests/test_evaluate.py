@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mula_cli.data.prepare import prepare_dataset
-from mula_cli.manifests import load_manifest
+from mula_cli.utils.manifests import load_manifest
 
 from conftest import run_cli
 from trees import build_lip_tree

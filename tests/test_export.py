@@ -31,7 +31,7 @@ def trained_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _eager(weights: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from mula_cli.export import ExportWrapper
+    from mula_cli.deploy.export import ExportWrapper
     from mula_cli.model.weights import load_weights
 
     model, _, _ = load_weights(weights)
@@ -41,7 +41,7 @@ def _eager(weights: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=needs_ort)])
 def test_export_round_trip_at_batch_1_and_3(weights: Path, tmp_path: Path, fmt: str) -> None:
-    from mula_cli.runtime import load_exported
+    from mula_cli.inference.runtime import load_exported
 
     out = tmp_path / f"m.{fmt}"
     args = ["export", weights, "--format", fmt, "--out", out] + (["--dynamic-batch"] if fmt == "onnx" else [])
@@ -91,15 +91,15 @@ def test_export_errors_are_one_line(weights: Path, tmp_path: Path) -> None:
     bad = run_cli("export", weights, "--format", "tflite")
     assert bad.exit_code == 2 and "torchscript or onnx" in bad.output
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
-    from mula_cli.errors import MulaError
-    from mula_cli.runtime import load_exported
+    from mula_cli.inference.runtime import load_exported
+    from mula_cli.utils.errors import MulaError
 
     with pytest.raises(MulaError):
         load_exported(tmp_path / "junk.onnx")
 
 
 def test_an_export_that_disagrees_leaves_no_file(weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mula_cli.runtime import ExportedModel
+    from mula_cli.inference.runtime import ExportedModel
 
     real = ExportedModel.raw
 
@@ -120,7 +120,7 @@ def test_an_export_that_disagrees_leaves_no_file(weights: Path, tmp_path: Path, 
 @pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=needs_ort)])
 def test_half_export_runs_and_checks_on_the_cpu(trained_like: Path, tmp_path: Path, fmt: str) -> None:
     """float16 is not a GPU privilege: the CPU traces, runs and checks it, so CI walks export --half."""
-    from mula_cli.runtime import load_exported
+    from mula_cli.inference.runtime import load_exported
 
     weights = trained_like
     out = tmp_path / f"h.{fmt}"

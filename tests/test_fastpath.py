@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from mula_cli.bench.predict import agreement, trained_like
-from mula_cli.fastpath import FastMuLA, onednn_fusion_available, prediction_model
+from mula_cli.inference.fastpath import FastMuLA, onednn_fusion_available, prediction_model
 from mula_cli.model.presets import PRESET_FIELDS, build_model
 from mula_cli.ops import dynamic_depthwise_conv2d, dynamic_depthwise_conv2d_grouped
 from mula_cli.ops.dynconv import set_dispatch_mode
@@ -50,8 +50,8 @@ def _assert_outputs_agree(want, got, what: str) -> None:
 @pytest.mark.parametrize("preset", ["hg-tiny", "hg-2s-adapt-s1", "hg-1s-concat"])
 def test_fast_model_matches_the_model_with_the_partition_branch(preset: str, onednn: bool, workers: int) -> None:
     """Multi-person models: the offsets the grouping reads come through the fast path too."""
-    from mula_cli.manifests import load_manifest
     from mula_cli.model.presets import dataset_overrides
+    from mula_cli.utils.manifests import load_manifest
 
     overrides = dataset_overrides(load_manifest("pascal_person_part"))
     model = trained_like(build_model(preset, width=16, input_size=128, **overrides), seed=3).eval()
@@ -111,7 +111,7 @@ def trained_like_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_predictor_fast_path_is_the_default_and_agrees_with_eager(trained_like_weights: Path) -> None:
     """The stated tolerance: labels equal on at least 99.9% of pixels, joints within 1 px."""
-    from mula_cli.predictor import Predictor
+    from mula_cli.inference.predictor import Predictor
 
     fast, eager = Predictor(trained_like_weights, "cpu"), Predictor(trained_like_weights, "cpu", fast=False)
     assert fast.path.startswith("fast float32: BatchNorm folded, channels_last")
@@ -123,7 +123,7 @@ def test_predictor_fast_path_is_the_default_and_agrees_with_eager(trained_like_w
 
 def test_multiscale_prediction_on_the_fast_path_agrees_with_eager(trained_like_weights: Path) -> None:
     """Multi-scale testing (every scale's window, flips for both tasks) keeps the fast path's tolerance."""
-    from mula_cli.predictor import Predictor
+    from mula_cli.inference.predictor import Predictor
 
     options = {"scales": (0.7, 1.0, 1.3), "flip": True}
     fast = Predictor(trained_like_weights, "cpu", **options)
@@ -137,7 +137,7 @@ def test_multiscale_prediction_on_the_fast_path_agrees_with_eager(trained_like_w
 
 def test_bf16_prediction_runs_on_the_cpu_within_its_tolerance(trained_like_weights: Path) -> None:
     """bfloat16 keeps 8 bits of mantissa: labels equal on at least 95% of pixels, joints mostly in place."""
-    from mula_cli.predictor import Predictor
+    from mula_cli.inference.predictor import Predictor
 
     fp32, bf16 = Predictor(trained_like_weights, "cpu"), Predictor(trained_like_weights, "cpu", bf16=True)
     assert "bfloat16" in bf16.path
@@ -188,7 +188,7 @@ def test_packed_weight_cache_is_safe_under_two_shard_threads(monkeypatch: pytest
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from mula_cli import fastpath
+    from mula_cli.inference import fastpath
 
     reorder = torch.ops.mkldnn._reorder_convolution_weight
 

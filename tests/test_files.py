@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mula_cli.files import atomic_write, finite_json, next_dir, write_json
+from mula_cli.utils.files import atomic_write, finite_json, next_dir, write_json
 
 
 def test_atomic_write_replaces_the_file_whole(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def _dead_pid() -> int:
 def test_a_dead_writers_partial_is_removed_but_never_a_live_ones(tmp_path: Path) -> None:
     """m9: a SIGKILLed writer's temporary file goes; a live process's stays, and so does another host's
     until it has been left for a day (a shared file system: its pid means nothing here)."""
-    from mula_cli.files import _HOST, remove_stale_partials
+    from mula_cli.utils.files import _HOST, remove_stale_partials
 
     atomic_write(tmp_path / "first.json", lambda temp: temp.write_text(json.dumps([temp.name])))
     assert json.loads((tmp_path / "first.json").read_text()) == [f".first.json.{_HOST}-{os.getpid()}.partial"]

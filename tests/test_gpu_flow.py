@@ -27,16 +27,16 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from mula_cli.codecs.heatmaps import decode_official
 from mula_cli.data.cache import CacheFile
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
-from mula_cli.data.transforms import AUGMENTATIONS
-from mula_cli.evaluation import eval_loader, evaluate_model
-from mula_cli.heatmaps import decode_official
-from mula_cli.inference import InferenceOptions, predict_batch
+from mula_cli.evaluation.runner import eval_loader, evaluate_model
+from mula_cli.inference.batch import InferenceOptions, predict_batch
 from mula_cli.model.presets import build_model, dataset_overrides
 from mula_cli.train.balance import measure_balance
 from mula_cli.train.config import TrainConfig
 from mula_cli.train.step import BatchInputs, train_step
+from mula_cli.transforms.affine import AUGMENTATIONS
 
 from conftest import run_cli, subprocess_env
 
@@ -327,7 +327,7 @@ def test_fp16_with_its_grad_scaler(caches: dict[str, Path], tmp_path: Path, monk
 def test_the_fast_path_takes_its_gpu_arm_off_the_cpu() -> None:
     """FastMuLA on a device other than the CPU: no oneDNN packing, no thread sharding, device-true outputs
     (on ``meta``, which takes the same arm as CUDA and fails on a tensor left on the CPU)."""
-    from mula_cli.fastpath import prediction_model
+    from mula_cli.inference.fastpath import prediction_model
 
     model = build_model("hg-tiny", width=16, input_size=128).eval().to("meta")
     runner, path = prediction_model(model)

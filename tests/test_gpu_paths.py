@@ -64,10 +64,10 @@ def test_validation_reduces_on_the_process_group_torchrun_would_make(tmp_path: P
     import torch.distributed as dist
 
     from mula_cli.data.prepare import prepare_dataset
-    from mula_cli.evaluation import eval_loader, evaluate_model
-    from mula_cli.manifests import load_manifest
+    from mula_cli.evaluation.runner import eval_loader, evaluate_model
     from mula_cli.model.presets import build_model
     from mula_cli.train.distributed import process_group_backend
+    from mula_cli.utils.manifests import load_manifest
 
     from trees import build_lip_tree
 

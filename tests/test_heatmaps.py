@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from mula_cli.heatmaps import (
+from mula_cli.codecs.heatmaps import (
     decode_argmax,
     decode_official,
     encode_heatmaps,
@@ -19,7 +19,7 @@ from mula_cli.heatmaps import (
     flip_logits,
     gaussian_blur,
 )
-from mula_cli.manifests import load_manifest
+from mula_cli.utils.manifests import load_manifest
 
 
 def _reference_map(center, stride, grid, sigma):

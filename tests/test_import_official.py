@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from mula_cli.errors import MulaError
-from mula_cli.manifests import load_manifest
 from mula_cli.model.official import detect_architecture, load_official_checkpoint
 from mula_cli.model.weights import load_weights
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.manifests import load_manifest
 
 from conftest import run_cli
 

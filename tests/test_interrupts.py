@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mula_cli.interrupts import Interrupted, ignore_stop_signals, raising_on_stop_signals, signal_number
+from mula_cli.utils.interrupts import Interrupted, ignore_stop_signals, raising_on_stop_signals, signal_number
 
 from conftest import subprocess_env, synthetic_cache
 
@@ -49,7 +49,7 @@ def _signal_group_after(proc: subprocess.Popen, marker: str, sig: signal.Signals
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_workers_started_under_spawn_or_forkserver_ignore_the_signals_from_birth(method: str) -> None:
-    code = (f"import multiprocessing as mp, sys, time; from mula_cli.interrupts import starting_workers\n"
+    code = (f"import multiprocessing as mp, sys, time; from mula_cli.utils.interrupts import starting_workers\n"
             f"ctx = mp.get_context('{method}'); mp.set_start_method('{method}')\n"
             "with starting_workers():\n    p = ctx.Process(target=time.sleep, args=(30,)); p.start()\n"
             "print(p.pid, flush=True); sys.stdin.readline(); p.kill()")
@@ -81,7 +81,7 @@ def test_a_worker_still_ends_when_its_owner_terminates_it(tmp_path: Path) -> Non
 
 
 def test_the_worker_initializer_ignores_the_signals_and_the_commands_raise_on_them() -> None:
-    code = ("import os, signal; from mula_cli.interrupts import ignore_stop_signals\n"
+    code = ("import os, signal; from mula_cli.utils.interrupts import ignore_stop_signals\n"
             "ignore_stop_signals(0); os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGINT)\n"
             "print('alive')")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
@@ -91,7 +91,7 @@ def test_the_worker_initializer_ignores_the_signals_and_the_commands_raise_on_th
         time.sleep(5)  # the handler raises at the next bytecode
     assert signal_number(caught.value) == signal.SIGTERM and signal_number(KeyboardInterrupt()) == signal.SIGINT
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
-    assert ignore_stop_signals.__module__ == "mula_cli.interrupts"  # importable by spawn's workers
+    assert ignore_stop_signals.__module__ == "mula_cli.utils.interrupts"  # importable by spawn's workers
 
 
 @pytest.mark.slow
@@ -134,7 +134,7 @@ def test_torchrun_ranks_all_save_when_the_job_is_signalled(cache: Path, tmp_path
 
 
 def test_a_stop_while_the_program_loads_exits_quietly_with_128_plus_the_signal() -> None:
-    from mula_cli.interrupts import exiting_on_stop_signals
+    from mula_cli.utils.interrupts import exiting_on_stop_signals
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with pytest.raises(SystemExit) as caught, exiting_on_stop_signals():
@@ -153,7 +153,7 @@ def _children(pid: int) -> list[int]:
 def test_evaluate_with_workers_stops_cleanly_on_a_signal_to_the_group(tmp_path: Path, tiny_weights: Path) -> None:
     sig = signal.SIGTERM
     from mula_cli.data.prepare import prepare_dataset
-    from mula_cli.manifests import load_manifest
+    from mula_cli.utils.manifests import load_manifest
 
     from trees import build_lip_tree
 
@@ -174,7 +174,7 @@ def test_evaluate_with_workers_stops_cleanly_on_a_signal_to_the_group(tmp_path: 
 
 
 def test_a_stop_while_a_batch_is_handed_over_takes_effect_after_it_and_a_second_one_at_once() -> None:
-    from mula_cli.interrupts import deferring_stop_signals
+    from mula_cli.utils.interrupts import deferring_stop_signals
 
     handed_over = False
     with raising_on_stop_signals():

@@ -40,7 +40,7 @@ def handful(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_a_small_model_overfits_a_handful_of_pictures_in_both_tasks(handful: Path, tmp_path: Path) -> None:
     from mula_cli.data.cache import CacheFile
-    from mula_cli.evaluation import eval_loader, evaluate_model
+    from mula_cli.evaluation.runner import eval_loader, evaluate_model
     from mula_cli.model.weights import load_weights
     from mula_cli.train.config import TrainConfig
     from mula_cli.train.engine import train

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mula_cli.manifests import load_manifest
-from mula_cli.metrics import ParsingMetrics, PoseMetrics
+from mula_cli.evaluation.metrics import ParsingMetrics, PoseMetrics
+from mula_cli.utils.manifests import load_manifest
 
 LIP = load_manifest("lip")
 
@@ -144,7 +144,7 @@ def test_pose_counts_live_and_reduce_on_the_given_device(monkeypatch: pytest.Mon
 
 
 def test_validation_reduces_every_sum_on_the_models_device(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    import mula_cli.evaluation as evaluation
+    import mula_cli.evaluation.runner as evaluation
     from mula_cli.data.prepare import prepare_dataset
     from mula_cli.model.presets import build_model
 

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from mula_cli.errors import MulaError
-from mula_cli.manifests import load_manifest
 from mula_cli.model.config import VARIANTS, MulaConfig
 from mula_cli.model.mula import model_from_config
 from mula_cli.model.presets import PRESETS, build_model, dataset_overrides, preset_config
 from mula_cli.model.summary import model_flops, summarise, uncached_model_flops
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.manifests import load_manifest
 
 from conftest import run_cli
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from mula_cli.data.dataset import MulaDataset, SampleConfig
-from mula_cli.data.transforms import AugmentConfig
-from mula_cli.manifests import load_manifest
 from mula_cli.model.loss import mula_loss
 from mula_cli.model.presets import PRESET_FIELDS, build_model, dataset_overrides, preset_config
+from mula_cli.transforms.affine import AugmentConfig
+from mula_cli.utils.manifests import load_manifest
 
 from conftest import run_cli
 
@@ -145,7 +145,7 @@ def test_evaluate_prints_parsing_and_pose_map_with_groups(trained: Path, pascal_
 
 def test_predict_writes_one_entry_per_person_in_coco_layout(trained: Path, pascal_cache: Path, tmp_path: Path) -> None:
     from mula_cli.data.cache import CacheFile
-    from mula_cli.predictor import Predictor
+    from mula_cli.inference.predictor import Predictor
 
     with CacheFile(pascal_cache) as cache:
         cache.split("val").image(0).save(tmp_path / "crowd.jpg")
@@ -171,7 +171,7 @@ def test_exported_multi_person_models_carry_the_offset_maps(trained: Path, tmp_p
     out = tmp_path / f"m.{fmt}"
     result = run_cli("export", trained / "weights" / "last.pt", "--format", fmt, "--out", out)
     assert result.exit_code == 0, result.output
-    from mula_cli.runtime import load_exported
+    from mula_cli.inference.runtime import load_exported
 
     exported = load_exported(out)
     outputs = exported.raw(torch.randint(0, 256, (2, 3, 128, 128)).float())  # ONNX: the exported batch of 2
@@ -197,9 +197,9 @@ def test_grouping_and_reference_options_reach_the_decoder_and_the_metric(trained
 
 def _decode_ground_truth(cache: Path, input_size: int, min_people: int) -> tuple[float, int]:
     """mAP of decoding the perfect targets of the val pictures with at least ``min_people`` people."""
-    from mula_cli.heatmaps import encode_people_heatmaps
-    from mula_cli.multi_person_metrics import MultiPersonPoseAP
-    from mula_cli.partition import GroupingConfig, encode_offsets, group_people
+    from mula_cli.codecs.heatmaps import encode_people_heatmaps
+    from mula_cli.codecs.partition import GroupingConfig, encode_offsets, group_people
+    from mula_cli.evaluation.multi_person_metrics import MultiPersonPoseAP
 
     data = MulaDataset(cache, "val", SampleConfig(input_size=input_size, train=False))
     metric, used, cells = MultiPersonPoseAP(PASCAL), 0, input_size // 4
@@ -276,10 +276,10 @@ def test_scaled_views_offsets_are_brought_back_in_base_window_units() -> None:
     base window's perfect offsets."""
     from PIL import Image
 
-    from mula_cli.data.transforms import apply_affine, letterbox, scale_views
-    from mula_cli.heatmaps import encode_people_heatmaps
-    from mula_cli.inference import InferenceOptions, ScaleViews, predict_batch
-    from mula_cli.partition import encode_offsets
+    from mula_cli.codecs.heatmaps import encode_people_heatmaps
+    from mula_cli.codecs.partition import encode_offsets
+    from mula_cli.inference.batch import InferenceOptions, ScaleViews, predict_batch
+    from mula_cli.transforms.affine import apply_affine, letterbox, scale_views
 
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 255, (180, 240, 3), dtype=np.uint8))

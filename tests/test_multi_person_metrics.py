@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from mula_cli.manifests import load_manifest
-from mula_cli.multi_person_metrics import (
+from mula_cli.evaluation.multi_person_metrics import (
     DEFAULT_REFERENCE,
     HEAD_BOX_FRACTION,
     MPII_HEAD_FACTOR,
     MultiPersonPoseAP,
     voc_ap,
 )
+from mula_cli.utils.manifests import load_manifest
 
 from conftest import run_cli
 
@@ -468,7 +468,7 @@ def _untrained_multi_person(tmp_path):
 
 
 def test_evaluate_and_validation_record_the_mpii_reference_by_default(tmp_path) -> None:
-    from mula_cli.evaluation import eval_loader, evaluate_model
+    from mula_cli.evaluation.runner import eval_loader, evaluate_model
     from mula_cli.model.weights import load_weights
 
     weights, cache = _untrained_multi_person(tmp_path)

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mula_cli.data.transforms import eval_affine, invert_affine, letterbox, scale_views
-from mula_cli.inference import PAPER_SCALES, InferenceOptions, ScaleViews, parse_scales, predict_batch
-from mula_cli.manifests import load_manifest
+from mula_cli.inference.batch import PAPER_SCALES, InferenceOptions, ScaleViews, parse_scales, predict_batch
 from mula_cli.model.mula import MulaOutput
+from mula_cli.transforms.affine import eval_affine, invert_affine, letterbox, scale_views
+from mula_cli.utils.manifests import load_manifest
 
 LIP = load_manifest("lip")
 SIZE, STRIDE = 64, 4

@@ -40,7 +40,7 @@ def test_non_editable_wheel_ships_the_manifests_and_the_papers_numbers(tmp_path:
     wheel = next(wheel_dir.glob("mula-*.whl"))
     subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)], check=True, cwd=tmp_path)
     probe = (
-        "import mula_cli, pathlib; from mula_cli.manifests import load_manifest, available_manifests;"
+        "import mula_cli, pathlib; from mula_cli.utils.manifests import load_manifest, available_manifests;"
         f"assert pathlib.Path(mula_cli.__file__).resolve().is_relative_to(pathlib.Path(r'{target}').resolve());"
         "print(available_manifests()); print(load_manifest('lip').num_classes, load_manifest('synthetic').num_joints);"
         "from mula_cli.reproduce.paper import paper_tables; print('paper tables', sorted(paper_tables()))"

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mula_cli.errors import MulaError
-from mula_cli.heatmaps import encode_people_heatmaps, flip_heatmaps, flip_joints
-from mula_cli.manifests import load_manifest
-from mula_cli.partition import (
+from mula_cli.codecs.heatmaps import encode_people_heatmaps, flip_heatmaps, flip_joints
+from mula_cli.codecs.partition import (
     PPN_SEEDS,
     GroupingConfig,
     Person,
@@ -20,6 +18,8 @@ from mula_cli.partition import (
     group_people,
     grouping_from_options,
 )
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.manifests import load_manifest
 
 from conftest import run_cli
 
@@ -271,7 +271,7 @@ def test_a_person_mapped_to_the_original_picture() -> None:
 
 
 def test_decoded_ground_truth_scores_full_map() -> None:
-    metrics = pytest.importorskip("mula_cli.multi_person_metrics")
+    metrics = pytest.importorskip("mula_cli.evaluation.multi_person_metrics")
     ap = metrics.MultiPersonPoseAP(load_manifest("pascal_person_part"))
     rng = np.random.default_rng(400)
     for i in range(12):

@@ -20,14 +20,14 @@ import torch
 from PIL import Image
 
 from mula_cli.data.prepare import prepare_dataset
-from mula_cli.inference import OriginalPrediction
-from mula_cli.manifests import load_manifest
-from mula_cli.metrics import ParsingMetrics, PoseMetrics
-from mula_cli.multi_person_metrics import MultiPersonPoseAP
+from mula_cli.evaluation.metrics import ParsingMetrics, PoseMetrics
+from mula_cli.evaluation.multi_person_metrics import MultiPersonPoseAP
+from mula_cli.inference.batch import OriginalPrediction
 from mula_cli.plots import evaluation as eval_plots
 from mula_cli.plots import figures, training
 from mula_cli.plots.gallery import Gallery, GalleryItem, _panel
 from mula_cli.plots.report import REPORT, write_evaluation_outputs
+from mula_cli.utils.manifests import load_manifest
 
 from conftest import run_cli, synthetic_cache
 from trees import build_lip_tree

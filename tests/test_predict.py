@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mula_cli.manifests import load_manifest
+from mula_cli.utils.manifests import load_manifest
 
 from conftest import run_cli
 

@@ -104,7 +104,7 @@ def _expected_preview(root: Path, ids: list[str]) -> tuple[list[str], dict[int, 
 
 
 def test_pascal_prepare_prints_joint_names_with_their_coordinates(tmp_path: Path) -> None:
-    from mula_cli.manifests import load_manifest
+    from mula_cli.utils.manifests import load_manifest
 
     build_pascal_tree(tmp_path / "PPP", counts={"train": 3, "val": 2})  # train: v5, v7.3, v5 files
     ids = (tmp_path / "PPP/train_id.txt").read_text().split()
@@ -130,7 +130,7 @@ def test_pascal_prepare_prints_joint_names_with_their_coordinates(tmp_path: Path
 
 
 def test_synthetic_multi_person_prepare_prints_the_mat_files_joints(tmp_path: Path) -> None:
-    from mula_cli.manifests import load_manifest
+    from mula_cli.utils.manifests import load_manifest
 
     tree = tmp_path / "multi"
     result = run_cli("prepare", "synthetic", tree, "--multi-person", "--train", "4", "--val", "2", "--seed", "3",
@@ -312,7 +312,7 @@ def test_interrupted_prepare_keeps_old_cache_and_rerun_completes(tmp_path: Path,
 def test_parallel_and_serial_decoding_give_the_same_cache_content(tmp_path: Path) -> None:
     import mula_cli.data.prepare as prepare_module
     from mula_cli.data.prepare import prepare_dataset
-    from mula_cli.manifests import load_manifest
+    from mula_cli.utils.manifests import load_manifest
 
     build_lip_tree(tmp_path / "LIP", counts={"train": 12, "val": 3})
     fingerprints = []
@@ -328,7 +328,7 @@ def test_parallel_and_serial_decoding_give_the_same_cache_content(tmp_path: Path
 
 
 def test_corrupt_cache_is_refused_with_a_clear_message(tmp_path: Path) -> None:
-    from mula_cli.errors import MulaError
+    from mula_cli.utils.errors import MulaError
 
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5 at all")

@@ -129,9 +129,9 @@ def test_clearing_an_unstarted_row_tolerates_another_rank_clearing_it(tmp_path: 
 
 def test_only_rank_0_clears_an_unstarted_row_and_every_rank_refuses_one_with_weights(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mula_cli.errors import MulaError
     from mula_cli.train import engine
     from mula_cli.train.reproduce import LAPTOP_RECIPE, Plan, train_row
+    from mula_cli.utils.errors import MulaError
 
     trained: list[str] = []
     monkeypatch.setattr(engine, "train", lambda cfg, **_: trained.append(cfg.name))

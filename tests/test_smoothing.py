@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mula_cli.smoothing import OneEuroFilter, OneEuroSettings
+from mula_cli.inference.smoothing import OneEuroFilter, OneEuroSettings
 
 FPS = 30.0
 PIXELS = OneEuroSettings(min_cutoff=1.0, beta=0.01)  # for coordinates in pixels

@@ -25,8 +25,8 @@ from mula_cli.data.synthetic.writer import (
     lip_scene,
     pascal_scene,
 )
-from mula_cli.errors import MulaError
-from mula_cli.manifests import load_manifest, manifest_from_dict
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.manifests import load_manifest, manifest_from_dict
 
 from conftest import run_cli
 

@@ -83,7 +83,7 @@ def test_interrupted_run_resumes_to_the_same_weights(cache: Path, tmp_path: Path
     saved = torch.load(last, weights_only=True)["training"]["state"]
     assert saved["epoch"] == 1 and 1 <= saved["epoch_step"] < 4  # stopped inside epoch 2
 
-    from mula_cli.files import _HOST
+    from mula_cli.utils.files import _HOST
 
     killed = subprocess.Popen([sys.executable, "-c", ""])
     killed.wait()
@@ -122,7 +122,7 @@ def test_torchrun_two_ranks_reduce_metrics_like_one_process(cache: Path, tmp_pat
     assert json.loads((runs[0] / "config.json").read_text())["world_size"] == 2
 
     from mula_cli.data.cache import CacheFile
-    from mula_cli.evaluation import eval_loader, evaluate_model
+    from mula_cli.evaluation.runner import eval_loader, evaluate_model
     from mula_cli.model.weights import load_weights
 
     model, config, extra = load_weights(best)
@@ -283,9 +283,9 @@ def test_deterministic_is_strict_and_a_missing_kernel_is_one_line(cache: Path, t
 def _resume(monkeypatch: pytest.MonkeyPatch, *args: object) -> tuple[object, list[Path]]:
     """``mula train ARGS`` in-process, stopped by the engine right after it has the checkpoint: the
     result and the checkpoint files read (a stand-in payload, so nothing trains)."""
-    from mula_cli.errors import MulaError
     from mula_cli.train import checkpoint, engine
     from mula_cli.train.config import TrainConfig
+    from mula_cli.utils.errors import MulaError
 
     payload = {"state_dict": {}, "config": {}, "extra": {"train_config": TrainConfig(epochs=1).to_dict()},
                "training": {"optimizer": {}, "scaler": {}, "state": {"epoch": 1}, "rng": {}}}

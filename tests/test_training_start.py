@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from mula_cli.data.dataset import MulaDataset, SampleConfig
-from mula_cli.data.transforms import AUGMENTATIONS
-from mula_cli.manifests import load_manifest
 from mula_cli.model.loss import mula_loss
 from mula_cli.model.presets import build_model
 from mula_cli.train.balance import balance_columns, measure_balance, shared_parameters
+from mula_cli.transforms.affine import AUGMENTATIONS
+from mula_cli.utils.manifests import load_manifest
 
 from trees import build_lip_cache
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from videos import read_video, write_resizing_video, write_video
 
-from mula_cli.errors import MulaError
-from mula_cli.manifests import load_manifest
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.manifests import load_manifest
 
 from conftest import run_cli, subprocess_env
 
@@ -31,7 +31,7 @@ def _lines(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize(("suffix", "fps"), [(".mp4", 25), (".mkv", Fraction(30000, 1001))])
 def test_reader_frame_count_sizes_and_timestamps(tmp_path: Path, suffix: str, fps) -> None:
-    from mula_cli.video import open_source
+    from mula_cli.io.video import open_source
 
     path = write_video(tmp_path / f"clip{suffix}", frames=10, fps=fps, size=(64, 48))
     reader = open_source(str(path))
@@ -45,7 +45,7 @@ def test_reader_frame_count_sizes_and_timestamps(tmp_path: Path, suffix: str, fp
 
 
 def test_a_rotated_phone_video_is_read_upright(tmp_path: Path) -> None:
-    from mula_cli.video import open_source
+    from mula_cli.io.video import open_source
 
     # Stored 64 x 48 landscape with the display matrix saying "turn 90 degrees counter-clockwise".
     path = write_video(tmp_path / "portrait.mp4", frames=2, size=(64, 48), rotation=90)
@@ -138,7 +138,7 @@ def test_a_video_whose_size_changes_is_written_whole_with_one_warning(tiny_weigh
 
 
 def test_a_source_that_declares_no_length_and_yields_no_frame_is_a_one_line_error() -> None:
-    from mula_cli.video import VideoReader
+    from mula_cli.io.video import VideoReader
 
     stream = SimpleNamespace(frames=0, duration=None, time_base=None, average_rate=None, guessed_rate=None,
                              base_rate=None)
@@ -189,7 +189,7 @@ class PacedCamera:
 
 
 def test_a_camera_source_is_predicted_live(tiny_weights: Path, tmp_path: Path, monkeypatch) -> None:
-    from mula_cli import video
+    from mula_cli.io import video
 
     clip = write_video(tmp_path / "camera.mp4", frames=15, fps=25, size=(64, 48))
     opened: list[str] = []
@@ -218,9 +218,9 @@ def test_a_camera_source_is_predicted_live(tiny_weights: Path, tmp_path: Path, m
 
 
 def test_ctrl_c_on_a_camera_stops_at_once_and_keeps_the_outputs(tiny_weights: Path, tmp_path: Path) -> None:
-    from mula_cli.predictor import Predictor
-    from mula_cli.video import VideoReader
-    from mula_cli.video_predict import VideoOptions, VideoOutputs, predict_video
+    from mula_cli.inference.predictor import Predictor
+    from mula_cli.inference.video_predict import VideoOptions, VideoOutputs, predict_video
+    from mula_cli.io.video import VideoReader
 
     predictor = Predictor(tiny_weights, "cpu")
     calls = []
@@ -244,7 +244,7 @@ def test_ctrl_c_on_a_camera_stops_at_once_and_keeps_the_outputs(tiny_weights: Pa
 
 
 def test_a_camera_that_cannot_be_opened_is_a_one_line_error(tiny_weights: Path, tmp_path: Path, monkeypatch) -> None:
-    from mula_cli import video
+    from mula_cli.io import video
 
     def no_camera(device: str):
         raise av.error.FileNotFoundError(2, "No such file or directory", f"/dev/video{device}")
@@ -332,7 +332,7 @@ def test_a_killed_prediction_leaves_an_overlay_that_plays_to_its_last_fragment(t
 
 
 def test_without_pyav_video_input_says_how_to_install_it(monkeypatch) -> None:
-    from mula_cli.video import require_av
+    from mula_cli.io.video import require_av
 
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(MulaError, match=r"pip install \"mula\[video\]\""):
@@ -340,9 +340,9 @@ def test_without_pyav_video_input_says_how_to_install_it(monkeypatch) -> None:
 
 
 def test_the_pipeline_names_the_model_as_the_bottleneck_when_it_is(tiny_weights: Path, tmp_path: Path) -> None:
-    from mula_cli.predictor import Predictor
-    from mula_cli.video import open_source
-    from mula_cli.video_predict import VideoOptions, VideoOutputs, predict_video
+    from mula_cli.inference.predictor import Predictor
+    from mula_cli.inference.video_predict import VideoOptions, VideoOutputs, predict_video
+    from mula_cli.io.video import open_source
 
     class SlowPredictor:
         def __init__(self, inner: Predictor) -> None:
@@ -367,7 +367,7 @@ def test_the_pipeline_names_the_model_as_the_bottleneck_when_it_is(tiny_weights:
 def test_an_overlay_stopped_before_its_first_frame_leaves_no_older_video_behind(tmp_path: Path) -> None:
     from fractions import Fraction
 
-    from mula_cli.video import VideoWriter
+    from mula_cli.io.video import VideoWriter
 
     old = write_video(tmp_path / "o.mp4", frames=8)  # an earlier run's overlay, same name
     writer = VideoWriter(old, Fraction(25), 64, 48)

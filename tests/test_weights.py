@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mula_cli import __version__
-from mula_cli.errors import MulaError
 from mula_cli.model.presets import build_model
 from mula_cli.model.weights import FORMAT, load_weights, save_weights
+from mula_cli.utils.errors import MulaError
 
 
 @pytest.fixture

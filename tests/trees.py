@@ -107,7 +107,7 @@ def build_lip_tree(root: Path, variant: str = "official", counts: dict[str, int]
 def build_lip_cache(root: Path, counts: dict[str, int], seed: int) -> Path:
     """A LIP tree under ``root/LIP`` prepared into ``root/lip.h5`` (returned)."""
     from mula_cli.data.prepare import prepare_dataset
-    from mula_cli.manifests import load_manifest
+    from mula_cli.utils.manifests import load_manifest
 
     build_lip_tree(root / "LIP", counts=counts, seed=seed)
     path = root / "lip.h5"

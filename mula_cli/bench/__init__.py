@@ -12,4 +12,6 @@ run on a GPU (so that importing them works without it). Never the repository's `
 (a library command must not depend on files outside the package), nor ``mula_cli.commands`` (the
 commands import these modules, not the reverse). Within the package, ``dynconv`` uses ``dynconv_step``
 and ``fma``; neither imports ``dynconv`` back.
+
+May import: deploy, inference, data, model, ops, codecs, transforms, io, utils.
 """

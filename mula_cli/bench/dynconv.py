@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from mula_cli.errors import MulaError
+from mula_cli.utils.errors import MulaError
 
 PASSES = ("forward", "backward", "forward_backward")
 IMPLEMENTATIONS = ("triton", "triton_cl", "grouped", "grouped_cl")
@@ -368,7 +368,7 @@ def run(
 def print_summary(report: dict) -> None:
     from rich.table import Table
 
-    from mula_cli.console import out
+    from mula_cli.utils.console import out
 
     table = Table(
         title=f"per-sample depthwise conv on {report['device']['name']}: forward+backward ms "

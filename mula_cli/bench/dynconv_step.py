@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from mula_cli.errors import MulaError
+from mula_cli.utils.errors import MulaError
 
 
 class StepTimer(Protocol):  # mula_cli.bench.dynconv.Timer; not imported, so that module may import this one

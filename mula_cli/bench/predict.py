@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mula_cli import __version__
+from mula_cli.utils.version import __version__
 
 
 def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -57,9 +57,9 @@ def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def write_random_weights(path: Path, preset: str, seed: int = 0) -> Path:
     """A LIP weights file of ``preset`` with :func:`trained_like` random weights."""
-    from mula_cli.manifests import load_manifest
     from mula_cli.model.presets import build_model, dataset_overrides
     from mula_cli.model.weights import save_weights
+    from mula_cli.utils.manifests import load_manifest
 
     lip = load_manifest("lip")
     model = trained_like(build_model(preset, **dataset_overrides(lip)), seed)
@@ -129,7 +129,7 @@ def run(weights: Path, photos: list[Path], *, batches: tuple[int, ...] = (1, 8),
         log: progress lines.
         save: called with the report after every batch size (a run cut short keeps what it measured).
     """
-    from mula_cli.predictor import Predictor
+    from mula_cli.inference.predictor import Predictor
 
     paths = {"eager": Predictor(weights, device, fast=False), "fast": Predictor(weights, device, fast=True)}
     if bf16:

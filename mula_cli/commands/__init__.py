@@ -1,1 +1,4 @@
-"""The Typer subcommands; ``mula_cli.cli`` assembles them into the ``mula`` application."""
+"""The Typer subcommands; ``mula_cli.cli`` assembles them into the ``mula`` application.
+
+May import: every package (the top layer).
+"""

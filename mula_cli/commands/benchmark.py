@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from mula_cli.errors import MulaError
+from mula_cli.utils.errors import MulaError
 
 app = typer.Typer(help="Measure mula's operations on this machine.", no_args_is_help=True)
 
@@ -28,7 +28,7 @@ class ResultFile:
         self.path: Optional[Path] = out
 
     def save(self, report: dict, suffix: str) -> Path:
-        from mula_cli.files import next_dir, write_json
+        from mula_cli.utils.files import next_dir, write_json
 
         if self.path is None:
             self.path = next_dir(self.project, self.name) / f"{self.stem}_{suffix}.json"
@@ -52,7 +52,7 @@ def dynconv(
 ) -> None:
     """Time the per-sample depthwise convolution (Triton vs grouped convolution) against the card's floors (needs a CUDA GPU)."""
     from mula_cli.bench import dynconv as bench
-    from mula_cli.console import err
+    from mula_cli.utils.console import err
 
     target = ResultFile(out, project, name, "dynconv")
 
@@ -88,9 +88,9 @@ def predict(
     import torch
 
     from mula_cli.bench import predict as bench
-    from mula_cli.console import err
-    from mula_cli.console import out as stdout
-    from mula_cli.devices import pick_device
+    from mula_cli.utils.console import err
+    from mula_cli.utils.console import out as stdout
+    from mula_cli.utils.devices import pick_device
 
     try:
         sizes = tuple(int(b) for b in batches.split(","))

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Optional
 import typer
 from rich.table import Table
 
-from mula_cli.console import out
-from mula_cli.errors import MulaError
+from mula_cli.utils.console import out
+from mula_cli.utils.errors import MulaError
 
 if TYPE_CHECKING:
     from mula_cli.train.config import TrainConfig
@@ -87,7 +87,7 @@ def demo(
     plots: bool = typer.Option(True, "--plots/--no-plots", envvar="MULA_PLOTS", help="Draw the training run's results.png and the evaluation's plots and report.html (plots need the `plots` extra)."),
 ) -> None:
     """Generate synthetic people, train a small MuLA, evaluate it before and after, predict on new pictures."""
-    from mula_cli.devices import check_device_option
+    from mula_cli.utils.devices import check_device_option
 
     check_device_option(device)  # before minutes of data generation
     if multi_person:
@@ -101,8 +101,8 @@ def demo(
 
 def run_demo(folder: Optional[Path], plan: DemoPlan, device: str, seed: int, plots: bool = True) -> Path:
     from mula_cli.commands.prepare import prepare_synthetic_dataset
-    from mula_cli.files import next_dir, write_json
     from mula_cli.train.engine import train
+    from mula_cli.utils.files import next_dir, write_json
 
     start = time.perf_counter()
     root = Path(folder) if folder is not None else next_dir(Path("runs/demo"))
@@ -162,9 +162,9 @@ def _score_untrained(cfg, cache: Path) -> dict[str, float]:
     import torch
 
     from mula_cli.data.cache import CacheFile
-    from mula_cli.devices import pick_device
-    from mula_cli.evaluation import eval_loader, evaluate_model
+    from mula_cli.evaluation.runner import eval_loader, evaluate_model
     from mula_cli.train.engine import build_training_model
+    from mula_cli.utils.devices import pick_device
 
     with CacheFile(cache) as c:
         manifest = c.manifest
@@ -187,14 +187,14 @@ def _score(weights: Path, cache: Path, device: str, report_dir: Optional[Path] =
     report.html there, as ``mula evaluate`` writes them."""
     from mula_cli.commands.evaluate import metrics_document, protocol_record
     from mula_cli.data.cache import CacheFile
-    from mula_cli.devices import pick_device
-    from mula_cli.evaluation import eval_loader, evaluate_model
-    from mula_cli.files import write_json
-    from mula_cli.inference import InferenceOptions
+    from mula_cli.evaluation.runner import eval_loader, evaluate_model
+    from mula_cli.inference.batch import InferenceOptions
     from mula_cli.model.weights import load_weights
     from mula_cli.plots.figures import Plotter
     from mula_cli.plots.gallery import Gallery
     from mula_cli.plots.report import write_evaluation_outputs
+    from mula_cli.utils.devices import pick_device
+    from mula_cli.utils.files import write_json
 
     model, config, _ = load_weights(weights, map_location=pick_device(device))
     with CacheFile(cache) as c:

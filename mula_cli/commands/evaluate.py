@@ -12,9 +12,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mula_cli.console import err, out
-from mula_cli.errors import MulaError
-from mula_cli.files import atomic_write, finite_json, next_dir, write_json
+from mula_cli.utils.console import err, out
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.files import atomic_write, finite_json, next_dir, write_json
 
 
 def evaluate(
@@ -40,20 +40,20 @@ def evaluate(
     plots: bool = typer.Option(True, "--plots/--no-plots", envvar="MULA_PLOTS", help="Write per_class_iou.png, confusion_matrix.png, pckh_curve.png (ap_per_joint.png) and report.html beside metrics.json (plots need the `plots` extra)."),
 ) -> None:
     """Score a model with the official test protocol (flip-averaged pose, single-pass parsing)."""
+    from mula_cli.codecs.partition import grouping_from_options
     from mula_cli.data.cache import CacheFile
-    from mula_cli.devices import amp_dtype as resolve_amp
-    from mula_cli.devices import pick_device, precision_name
-    from mula_cli.evaluation import eval_loader, evaluate_model
-    from mula_cli.inference import PROTOCOLS, InferenceOptions, parse_scales
-    from mula_cli.manifests import manifest_from_json
+    from mula_cli.evaluation.multi_person_metrics import PROTOCOLS as MAP_PROTOCOLS
+    from mula_cli.evaluation.multi_person_metrics import REFERENCE_ALIASES, REFERENCES
+    from mula_cli.evaluation.runner import eval_loader, evaluate_model
+    from mula_cli.inference.batch import PROTOCOLS, InferenceOptions, parse_scales
     from mula_cli.model.weights import load_weights
-    from mula_cli.multi_person_metrics import PROTOCOLS as MAP_PROTOCOLS
-    from mula_cli.multi_person_metrics import REFERENCE_ALIASES, REFERENCES
-    from mula_cli.partition import grouping_from_options
     from mula_cli.plots.figures import Plotter
     from mula_cli.plots.gallery import Gallery
     from mula_cli.plots.report import write_evaluation_outputs
-    from mula_cli.progress import make_progress
+    from mula_cli.utils.devices import amp_dtype as resolve_amp
+    from mula_cli.utils.devices import pick_device, precision_name
+    from mula_cli.utils.manifests import manifest_from_json
+    from mula_cli.utils.progress import make_progress
 
     if protocol not in PROTOCOLS:
         raise MulaError(f"--protocol {protocol!r} is unknown; use {' or '.join(PROTOCOLS)}")
@@ -64,7 +64,8 @@ def evaluate(
     options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=parse_scales(scales),
                                protocol=protocol, grouping=grouping_from_options(min_score, group_distance, min_joints))
     if protocol == "authors":
-        from mula_cli.authors_protocol import EMULATION_NOTE, check_options, opencv
+        from mula_cli.evaluation.authors_protocol import EMULATION_NOTE, check_options
+        from mula_cli.transforms.authors_views import opencv
 
         check_options(pose_flip, flip, options.scales)
         if opencv() is None:
@@ -157,7 +158,7 @@ def protocol_record(options, input_size: int) -> dict:
 
 def _opencv_version() -> str | None:
     """The OpenCV that decoded and resized for --protocol authors (None: emulated, see EMULATION_NOTE)."""
-    from mula_cli.authors_protocol import opencv
+    from mula_cli.transforms.authors_views import opencv
 
     cv2 = opencv()
     return None if cv2 is None else cv2.__version__
@@ -185,7 +186,7 @@ class _PredictionWriter:
     """LIP submission files: one label PNG per image and the pose CSV (``name.jpg,x0,y0,...``)."""
 
     def __init__(self, folder: Path, manifest) -> None:
-        from mula_cli.visualize import save_label_png
+        from mula_cli.io.visualize import save_label_png
 
         self.folder, self.manifest, self._save = Path(folder), manifest, save_label_png
         (self.folder / "parsing").mkdir(parents=True, exist_ok=True)
@@ -195,7 +196,7 @@ class _PredictionWriter:
     def add(self, pred) -> None:
         self._save(self.folder / "parsing" / f"{pred.id}.png", pred.labels, self.manifest)
         if pred.people is not None:  # multi-person: COCO keypoint results
-            from mula_cli.pose_records import people_document
+            from mula_cli.io.pose_records import people_document
 
             self.people += people_document(Path(pred.id), pred.people, self.manifest)["people"]
             return

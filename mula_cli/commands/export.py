@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mula_cli.console import out
+from mula_cli.utils.console import out
 
 
 def export(
@@ -21,7 +21,7 @@ def export(
     device: str = typer.Option("cpu", "--device", help="Device to trace and check on: cpu, cuda or cuda:N."),
 ) -> None:
     """Export a model, reload the file and check it against the eager model on random images."""
-    from mula_cli.export import export_model
+    from mula_cli.deploy.export import export_model
 
     report = export_model(weights, fmt.lower(), out_path, dynamic_batch=dynamic_batch, opset=opset, half=half,
                           labels=labels, device=device)

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Optional
 import typer
 from rich.table import Table
 
-from mula_cli.console import out
-from mula_cli.errors import MulaError
-from mula_cli.manifests import load_manifest
+from mula_cli.utils.console import out
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.manifests import load_manifest
 
 if TYPE_CHECKING:
     from mula_cli.model.official import ImportReport

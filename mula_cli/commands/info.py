@@ -11,9 +11,9 @@ from importlib import metadata
 import typer
 from rich.table import Table
 
-from mula_cli import __version__
-from mula_cli.console import out
-from mula_cli.paths import data_dir, mula_home
+from mula_cli.utils.console import out
+from mula_cli.utils.paths import data_dir, mula_home
+from mula_cli.utils.version import __version__
 
 
 def _version(package: str) -> str:

@@ -8,8 +8,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from mula_cli.console import out
-from mula_cli.manifests import load_manifest
+from mula_cli.utils.console import out
+from mula_cli.utils.manifests import load_manifest
 
 FLOP_INPUT_SIZE = 256
 

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from mula_cli.console import out
-from mula_cli.errors import MulaError
+from mula_cli.utils.console import out
+from mula_cli.utils.errors import MulaError
 
 
 def plot(
@@ -16,9 +16,9 @@ def plot(
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="The PNG to write. Default: RUN/results.png for one run, runs/plot/expN/results.png for several."),
 ) -> None:
     """Draw training runs' losses, learning rate, speed, validation scores and loss balance over the epochs."""
-    from mula_cli.files import next_dir
     from mula_cli.plots.figures import MatplotlibMissing, require_matplotlib
     from mula_cli.plots.training import RESULTS, draw_results, read_metrics
+    from mula_cli.utils.files import next_dir
 
     tables = [read_metrics(run) for run in runs]  # a bad path: one line, exit 2
     try:

@@ -13,10 +13,10 @@ import numpy as np
 import typer
 from rich.markup import escape
 
-from mula_cli.console import err, out
-from mula_cli.devices import check_device_option
-from mula_cli.errors import MulaError
-from mula_cli.files import atomic_write, next_dir, remove_stale_partials, write_json
+from mula_cli.utils.console import err, out
+from mula_cli.utils.devices import check_device_option
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.files import atomic_write, next_dir, remove_stale_partials, write_json
 
 # Phones' HEIC/HEIF photos are listed too: Pillow reads them only with a plugin, and a folder must
 # name a photo it cannot read (with what to do) rather than leave it out without a word.
@@ -33,7 +33,7 @@ class Source(str, Enum):
 
 def video_source(sources: list[str], kind: Source) -> tuple[str, bool] | None:
     """(source, is a camera) when ``mula predict`` should run on a video, stream or camera, else None."""
-    from mula_cli.video import is_video
+    from mula_cli.io.video import is_video
 
     if kind == Source.images:
         return None
@@ -89,7 +89,7 @@ def newest_best(project: Path = Path("runs/train")) -> Path:
 
 
 def pose_document(image: Path, size: tuple[int, int], prediction, predictor, weights_id: str) -> dict:
-    from mula_cli.pose_records import joint_records, people_document
+    from mula_cli.io.pose_records import joint_records, people_document
 
     m = predictor.manifest
     return {
@@ -128,10 +128,10 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict parsing and pose on pictures (at their original resolution), a video, a stream or a camera."""
-    from mula_cli.partition import grouping_from_options
-    from mula_cli.predictor import read_image
-    from mula_cli.progress import make_progress
-    from mula_cli.visualize import draw_pose, overlay, save_label_png
+    from mula_cli.codecs.partition import grouping_from_options
+    from mula_cli.inference.predictor import read_image
+    from mula_cli.io.visualize import draw_pose, overlay, save_label_png
+    from mula_cli.utils.progress import make_progress
 
     check_device_option(device)  # before looking for pictures: a typo is reported first
     grouping = grouping_from_options(min_score, group_distance, min_joints)
@@ -189,7 +189,7 @@ def predict(
 
 
 def _predictor(weights: Optional[Path], device: str, flip: bool, fast: bool, bf16: bool, grouping=None):
-    from mula_cli.predictor import Predictor
+    from mula_cli.inference.predictor import Predictor
 
     if weights is None:
         weights = newest_best()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from mula_cli.console import err, out
-from mula_cli.errors import MulaError
+from mula_cli.utils.console import err, out
+from mula_cli.utils.errors import MulaError
 
 
 @dataclass
@@ -43,14 +43,14 @@ def resolve_outputs(request: VideoRequest):
     runs/predict/expN) gets ``<name>_overlay.mp4`` (unless --no-overlays) and ``<name>.jsonl``.
     Per-frame label PNGs (``<out-dir>/<name>/frame_000123.png``) are written only with --out-dir.
     """
-    from mula_cli.video_predict import VideoOutputs
+    from mula_cli.inference.video_predict import VideoOutputs
 
     stem = _stem(request.source, request.camera)
     labels = request.out_dir / stem if request.out_dir is not None else None
     if request.vis_path is not None or request.pose_path is not None:
         return VideoOutputs(vis=request.vis_path, pose=request.pose_path, labels_dir=labels)
     if request.out_dir is None:
-        from mula_cli.files import next_dir
+        from mula_cli.utils.files import next_dir
 
         folder = next_dir(Path("runs/predict"))
     else:
@@ -62,10 +62,10 @@ def resolve_outputs(request: VideoRequest):
 def predict_video_command(request: VideoRequest, predictor) -> None:
     """Run the pipeline, print what happened; MulaError for a damaged source, and after Ctrl-C or SIGTERM
     exit 128 + the signal's number (130, 143), as a shell reports a program the signal stopped."""
-    from mula_cli.progress import make_progress
-    from mula_cli.smoothing import OneEuroSettings
-    from mula_cli.video import open_source
-    from mula_cli.video_predict import VideoOptions, predict_video
+    from mula_cli.inference.smoothing import OneEuroSettings
+    from mula_cli.inference.video_predict import VideoOptions, predict_video
+    from mula_cli.io.video import open_source
+    from mula_cli.utils.progress import make_progress
 
     if request.stride < 1:
         raise MulaError(f"--stride must be at least 1, not {request.stride}")
@@ -78,7 +78,7 @@ def predict_video_command(request: VideoRequest, predictor) -> None:
         reader.close()
         raise
     if outputs.labels_dir is not None:  # label PNGs a killed earlier run was writing
-        from mula_cli.files import remove_stale_partials
+        from mula_cli.utils.files import remove_stale_partials
 
         remove_stale_partials(outputs.labels_dir)
     options = VideoOptions(stride=request.stride, batch_size=request.batch_size,

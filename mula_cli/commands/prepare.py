@@ -11,13 +11,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mula_cli.console import err, out
 from mula_cli.data.prepare import PrepareResult, prepare_dataset
-from mula_cli.errors import MulaError
-from mula_cli.files import write_json
-from mula_cli.manifests import DatasetManifest, load_manifest
-from mula_cli.paths import default_cache_path, mula_home, user_manifest_dir
-from mula_cli.progress import make_progress
+from mula_cli.utils.console import err, out
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.files import write_json
+from mula_cli.utils.manifests import DatasetManifest, load_manifest
+from mula_cli.utils.paths import default_cache_path, mula_home, user_manifest_dir
+from mula_cli.utils.progress import make_progress
 
 app = typer.Typer(
     help="Read a dataset from disk into one HDF5 cache that train/evaluate find by name.",

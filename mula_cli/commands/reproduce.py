@@ -7,10 +7,10 @@ from pathlib import Path
 
 import typer
 
-from mula_cli.console import err, out
-from mula_cli.devices import DEVICE_CHOICES, check_device_option
-from mula_cli.errors import MulaError
 from mula_cli.reproduce.paper import TARGET_HELP
+from mula_cli.utils.console import err, out
+from mula_cli.utils.devices import DEVICE_CHOICES, check_device_option
+from mula_cli.utils.errors import MulaError
 
 
 def reproduce(
@@ -36,7 +36,7 @@ def reproduce(
     from dataclasses import replace
 
     from mula_cli.data.cache import CacheFile, resolve_cache
-    from mula_cli.inference import PROTOCOLS, InferenceOptions, parse_scales
+    from mula_cli.inference.batch import PROTOCOLS, InferenceOptions, parse_scales
     from mula_cli.reproduce.paper import target as find_target
     from mula_cli.reproduce.report import collect, rich_table, write_reports
     from mula_cli.train.reproduce import CHECKPOINTS, RECIPES, Plan, score_row, train_row
@@ -56,7 +56,8 @@ def reproduce(
     device = check_device_option(device)
     options = InferenceOptions(parsing_flip=flip, scales=parse_scales(scales), protocol=protocol)
     if protocol == "authors":
-        from mula_cli.authors_protocol import EMULATION_NOTE, check_options, opencv
+        from mula_cli.evaluation.authors_protocol import EMULATION_NOTE, check_options
+        from mula_cli.transforms.authors_views import opencv
 
         check_options(True, flip, options.scales)
         if opencv() is None:

@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from mula_cli.devices import DEVICE_CHOICES
-from mula_cli.errors import MulaError
 from mula_cli.train.config import AMP_MODES, AUGMENT_MODES, SCHEDULES, resolve_config
+from mula_cli.utils.devices import DEVICE_CHOICES
+from mula_cli.utils.errors import MulaError
 
 DATA, MODEL, OPTIM, HARDWARE, OUTPUT = "Data", "Model", "Optimisation", "Hardware", "Output"
 

@@ -1,1 +1,5 @@
-"""Data: dataset layouts, the HDF5 cache, the training dataset and its transforms."""
+"""Data: dataset layouts, preparing the HDF5 cache, the training dataset, the worker loader, GPU augmentation
+and the synthetic generator (the geometry itself is :mod:`mula_cli.transforms`).
+
+May import: codecs, transforms, utils.
+"""

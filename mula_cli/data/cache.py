@@ -34,11 +34,11 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from mula_cli import __version__
 from mula_cli.data.samples import SampleRecord
-from mula_cli.errors import MulaError
-from mula_cli.manifests import DatasetManifest, manifest_from_json
-from mula_cli.paths import default_cache_path
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.manifests import DatasetManifest, manifest_from_json
+from mula_cli.utils.paths import default_cache_path
+from mula_cli.utils.version import __version__
 
 CACHE_FORMAT = "mula-cache"
 SCHEMA_VERSION = 1

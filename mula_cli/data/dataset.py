@@ -11,9 +11,9 @@ A sample is a dict of tensors:
   Predictor then need nothing but the weights file, and host-to-device copies are 4x smaller);
 - ``parsing``: (S, S) uint8 class ids at input resolution, the manifest's ``ignore_label`` (255 for
   LIP) = ignore (the whole map when the sample has no usable label);
-- ``heatmaps``: (J + 1, S/s, S/s) float32 targets at the model stride (see mula_cli.heatmaps);
+- ``heatmaps``: (J + 1, S/s, S/s) float32 targets at the model stride (see mula_cli.codecs.heatmaps);
 - multi-person datasets, training only: ``offsets`` (2J, S/s, S/s) and ``offset_mask`` (J, S/s, S/s),
-  the partition branch's targets (see mula_cli.partition);
+  the partition branch's targets (see mula_cli.codecs.partition);
 - ``joints``: (J, 2) float32 joint positions in input pixels (0 where unlabelled), ``joint_mask``:
   (J,) bool labelled joints;
 - ``affine``: (2, 3) float64 original-to-input matrix, ``orig_size``: (2,) original height, width,
@@ -22,7 +22,7 @@ A sample is a dict of tensors:
   ``image``, for :func:`mula_cli.data.device_warp.warp_images` (crops differ in size: a list in a batch);
 - evaluation mode with test scales other than (1,): ``views`` (n, 3, S, S) uint8, the picture at
   each scale, and ``view_affines`` (n, 2, 3); with the authors' protocol ``views`` and ``windows``
-  (their placements, see mula_cli.authors_protocol);
+  (their placements, see mula_cli.transforms.authors_views);
 - evaluation mode only: ``orig_parsing`` (H, W) uint8 ground truth at original size (None when the
   sample has none), ``orig_joints`` (P, J, 2) and ``orig_boxes`` (P, 4) in original pixels, for scoring.
 
@@ -43,9 +43,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from mula_cli.codecs.heatmaps import encode_people_heatmaps, swap_joints, swap_labels
+from mula_cli.codecs.partition import encode_offsets
 from mula_cli.data.cache import CacheFile, CacheSplit
 from mula_cli.data.device_warp import crop_footprint
-from mula_cli.data.transforms import (
+from mula_cli.transforms.affine import (
     AugmentConfig,
     apply_affine,
     letterbox,
@@ -55,9 +57,7 @@ from mula_cli.data.transforms import (
     warp_image,
     warp_label,
 )
-from mula_cli.errors import MulaError
-from mula_cli.heatmaps import encode_people_heatmaps, swap_joints, swap_labels
-from mula_cli.partition import encode_offsets
+from mula_cli.utils.errors import MulaError
 
 
 class DamagedCache(MulaError):
@@ -85,7 +85,7 @@ class SampleConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     defer_warp: bool = False  # training: leave the resampling to mula_cli.data.device_warp (GPU batches)
-    # evaluation: test scales (the picture at each, see mula_cli.inference) and the test protocol
+    # evaluation: test scales (the picture at each, see mula_cli.inference.batch) and the test protocol
     test_scales: tuple[float, ...] = (1.0,)
     test_protocol: str = "default"
 
@@ -204,7 +204,7 @@ class MulaDataset(Dataset):
         the file's bytes as their code does), else nothing."""
         cfg = self.config
         if cfg.test_protocol == "authors":
-            from mula_cli.authors_protocol import authors_views
+            from mula_cli.transforms.authors_views import authors_views
 
             return authors_views(img, cfg.input_size, cfg.test_scales, raw=raw)
         if tuple(cfg.test_scales) == (1.0,):

@@ -7,7 +7,7 @@ nearest-neighbour label warp is cheap) and cuts out the part of the picture the 
 ``grid_sample`` on the GPU, where it costs next to nothing, instead of one PIL warp per image on a CPU
 core (the most expensive part of a sample).
 
-The geometry is the CPU path's (``mula_cli.data.transforms.warp_image``): the same matrix, and the
+The geometry is the CPU path's (``mula_cli.transforms.affine.warp_image``): the same matrix, and the
 picture box-reduced first only when the warp itself shrinks it more than 2x, by the same factor.
 Only the bilinear implementation differs (PyTorch's instead of PIL's). The crop is the warp's
 source footprint, so a large photo with a small person moves only the pixels around the person to
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from mula_cli.data.transforms import invert_affine, prereduce_factor
+from mula_cli.transforms.affine import invert_affine, prereduce_factor
 
 # Bilinear sampling at the footprint's edge reads one pixel further; one more for rounding.
 _MARGIN = 2

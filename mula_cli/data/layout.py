@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mula_cli.errors import MulaError
-from mula_cli.manifests import DatasetManifest
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.manifests import DatasetManifest
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
 

@@ -2,7 +2,7 @@
 
 A scheduler's SIGTERM and a terminal's Ctrl-C reach the workers too; a worker killed by one makes the
 main process fail inside its step (``DataLoader worker ... killed by signal``) instead of saving and
-telling how to resume. See :mod:`mula_cli.interrupts`.
+telling how to resume. See :mod:`mula_cli.utils.interrupts`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from mula_cli.interrupts import deferring_stop_signals, starting_workers, worker_init
+from mula_cli.utils.interrupts import deferring_stop_signals, starting_workers, worker_init
 
 
 class WorkerLoader(DataLoader):

@@ -1,7 +1,7 @@
 """``mula prepare``: read a dataset in its on-disk layout and write one HDF5 cache, safely.
 
 The cache is written to a temporary file beside the target and renamed over it only when
-complete (:func:`mula_cli.files.atomic_write`), so an interrupted run never damages an existing cache. Samples are decoded and
+complete (:func:`mula_cli.utils.files.atomic_write`), so an interrupted run never damages an existing cache. Samples are decoded and
 validated in worker processes; the main process writes them in order. Every skipped or repaired
 sample is listed, with its reason, in ``<target>.report.json``. The first people read from ``.mat``
 joint files are kept in :attr:`PrepareResult.preview`, for ``mula prepare`` to print by joint name so a
@@ -24,11 +24,11 @@ import numpy as np
 from mula_cli.data.cache import CacheWriter
 from mula_cli.data.layout import Issue, SplitSources, discover_split, resolve_layout
 from mula_cli.data.samples import SampleRecord, SampleRules, load_sample
-from mula_cli.errors import MulaError
-from mula_cli.files import atomic_write, remove_stale_partials, write_json
-from mula_cli.interrupts import ignore_stop_signals, starting_workers
-from mula_cli.manifests import DatasetManifest
-from mula_cli.paths import default_cache_path
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.files import atomic_write, remove_stale_partials, write_json
+from mula_cli.utils.interrupts import ignore_stop_signals, starting_workers
+from mula_cli.utils.manifests import DatasetManifest
+from mula_cli.utils.paths import default_cache_path
 
 SPLIT_ORDER = ("train", "val", "test")
 _IN_PROCESS_BELOW = 200  # samples; starting worker processes costs more than it saves below this
@@ -162,7 +162,7 @@ def _records(src: SplitSources, rules: SampleRules, workers: int | None) -> Iter
         return
     with ProcessPoolExecutor(max_workers=workers, initializer=ignore_stop_signals,
                              initargs=(os.getpid(),)) as pool:
-        with starting_workers():  # submitting starts the workers (see mula_cli.interrupts)
+        with starting_workers():  # submitting starts the workers (see mula_cli.utils.interrupts)
             results = pool.map(record_sample, src.samples, repeat(rules), chunksize=16)
         yield from results
 

@@ -5,4 +5,6 @@ Modules: ``config`` (MulaConfig), ``blocks`` / ``hourglass`` / ``vgg`` (encoders
 MulaOutput, MultiPersonOutput), ``presets`` (PRESETS, build_model), ``loss`` (mula_loss), ``weights`` (save_weights,
 load_weights), ``official`` (import of the authors' checkpoints), ``summary`` (size and FLOPs).
 Nothing is imported here, so ``mula_cli.model.config`` stays cheap to import.
+
+May import: ops, utils.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from mula_cli.errors import MulaError
+from mula_cli.utils.errors import MulaError
 
 HOURGLASS = "hourglass"
 VGG16 = "vgg16"
@@ -49,7 +49,7 @@ class MulaConfig:
     (Sec. 3.2, "Classification Module"), instead of the un-adapted F_t of the authors' release
     (the default, which their checkpoints need); see docs/fidelity.md.
     ``partition`` adds the multi-person partition branch to the pose side of every stage: 2J maps
-    of offsets from each joint's neighbourhood to its person's centroid (see mula_cli.partition).
+    of offsets from each joint's neighbourhood to its person's centroid (see mula_cli.codecs.partition).
     """
 
     preset: str = "hg-5s"

@@ -19,7 +19,7 @@ notation) multiplies the *pose* term; the two agree up to an overall scale of 10
 
 With the partition branch (multi-person) every stage also adds ``offset_weight * smoothL1(offsets_t)``:
 smooth L1 (beta 1) over the target cells of each joint's offset pair, averaged over those cells
-(Pose Partition Networks' regression loss; see mula_cli.partition for the targets).
+(Pose Partition Networks' regression loss; see mula_cli.codecs.partition for the targets).
 
 No ``.item()`` anywhere: the parts stay tensors so a training step needs no host sync.
 

@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mula_cli.errors import MulaError
-from mula_cli.manifests import DatasetManifest
 from mula_cli.model.config import HOURGLASS, MULA, VGG16, MulaConfig
 from mula_cli.model.mula import MuLA, model_from_config
 from mula_cli.model.vgg import VGG16_LAYOUT
 from mula_cli.model.weights import describe_load_error
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.manifests import DatasetManifest
 
 # The authors' pose channel order, by joint name (their utils/joint_transformation.py).
 AUTHORS_JOINT_ORDER = (

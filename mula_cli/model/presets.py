@@ -11,8 +11,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from mula_cli.errors import MulaError
-from mula_cli.manifests import DatasetManifest, load_manifest
 from mula_cli.model.config import (
     ADD,
     CONCAT,
@@ -28,6 +26,8 @@ from mula_cli.model.config import (
     MulaConfig,
 )
 from mula_cli.model.mula import MuLA, model_from_config
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.manifests import DatasetManifest, load_manifest
 
 DEFAULT_PRESET = "hg-5s"
 DEFAULT_DATASET = "lip"

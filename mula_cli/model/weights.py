@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mula_cli import __version__
-from mula_cli.errors import MulaError
-from mula_cli.files import atomic_write
 from mula_cli.model.config import MulaConfig
 from mula_cli.model.mula import MuLA
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.files import atomic_write
+from mula_cli.utils.version import __version__
 
 FORMAT = "mula-weights"
 FORMAT_VERSION = 1

@@ -1,4 +1,7 @@
-"""Custom operations used by the models. Every model calls the dynamic convolution through here."""
+"""Custom operations used by the models. Every model calls the dynamic convolution through here.
+
+May import: utils.
+"""
 
 from mula_cli.ops.dynconv import (
     dynamic_depthwise_conv2d,

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mula_cli.errors import MulaError
 from mula_cli.ops import dynconv_op
 from mula_cli.ops._layout import kernel_memory_format
 from mula_cli.ops.dynconv_export import dynamic_depthwise_conv2d_shifted
+from mula_cli.utils.errors import MulaError
 
 DISPATCH_VARIABLE = "MULA_DYNCONV"
 DISPATCH_MODES = ("auto", "triton", "grouped")

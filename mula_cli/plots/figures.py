@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mula_cli.console import err
-from mula_cli.files import atomic_write
+from mula_cli.utils.console import err
+from mula_cli.utils.files import atomic_write
 
 if TYPE_CHECKING:  # matplotlib is an optional extra
     from matplotlib.figure import Figure

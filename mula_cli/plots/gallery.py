@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mula_cli.manifests import DatasetManifest
-from mula_cli.visualize import draw_people, draw_pose, draw_skeleton, overlay
+from mula_cli.io.visualize import draw_people, draw_pose, draw_skeleton, overlay
+from mula_cli.utils.manifests import DatasetManifest
 
 if TYPE_CHECKING:
-    from mula_cli.inference import OriginalPrediction
+    from mula_cli.inference.batch import OriginalPrediction
 
 
 @dataclass

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from mula_cli.files import atomic_write
 from mula_cli.plots.evaluation import evaluation_plots
 from mula_cli.plots.figures import Plotter
 from mula_cli.plots.gallery import GalleryItem
+from mula_cli.utils.files import atomic_write
 
 REPORT = "report.html"
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mula_cli.errors import MulaError
 from mula_cli.plots.figures import Plotter, finite, new_figure, save_png
+from mula_cli.utils.errors import MulaError
 
 Rows = Sequence[Mapping[str, Any]]
 RESULTS = "results.png"

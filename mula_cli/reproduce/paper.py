@@ -12,7 +12,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from mula_cli.errors import MulaError
+from mula_cli.utils.errors import MulaError
 
 # Target name -> the paper tables it reproduces.
 TARGETS: dict[str, tuple[int, ...]] = {"table1": (1,), "table2": (2,), "lip": (3, 4), "pascal": (6,)}

@@ -11,8 +11,8 @@ from typing import Any
 
 from rich.table import Table
 
-from mula_cli.files import atomic_write
 from mula_cli.reproduce.paper import METRIC_NAMES, Column, Target, paper_source
+from mula_cli.utils.files import atomic_write
 
 RECORD = "reproduce.json"  # a scored row's record, beside its run (written by mula_cli.train.reproduce)
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mula_cli.devices import autocast
 from mula_cli.model.loss import mula_loss
 from mula_cli.model.mula import PARSING, POSE, MuLA
+from mula_cli.utils.devices import autocast
 
 OFFSETS = "offsets"  # the partition branch's loss term (multi-person)
 

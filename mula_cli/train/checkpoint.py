@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mula_cli.errors import MulaError
 from mula_cli.model.weights import read_weights_file, save_weights
 from mula_cli.train.config import TrainConfig, field_names
+from mula_cli.utils.errors import MulaError
 
 
 @dataclass

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from mula_cli.devices import AMP_MODES, check_device_option
-from mula_cli.errors import MulaError
+from mula_cli.utils.devices import AMP_MODES, check_device_option
+from mula_cli.utils.errors import MulaError
 
 SCHEDULES: dict[str, dict[str, Any]] = {
     "paper": {"lr": 2.5e-3, "lr_vgg": 1e-4, "milestones": (150, 170, 200, 230), "factors": (0.5, 0.25, 0.125, 0.0625)},
@@ -28,7 +28,7 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "constant": {"lr": 2.5e-3, "lr_vgg": 1e-4, "milestones": (), "factors": ()},
 }
 REFERENCE_EPOCHS = 250
-AUGMENT_MODES = ("full", "flip", "none")  # see mula_cli.data.transforms.AUGMENTATIONS
+AUGMENT_MODES = ("full", "flip", "none")  # see mula_cli.transforms.affine.AUGMENTATIONS
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from mula_cli.devices import pick_device
-from mula_cli.errors import MulaError
+from mula_cli.utils.devices import pick_device
+from mula_cli.utils.errors import MulaError
 
 T = TypeVar("T")
 

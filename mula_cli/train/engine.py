@@ -24,22 +24,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from mula_cli.console import err, out
 from mula_cli.data.cache import CacheFile, resolve_cache
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
 from mula_cli.data.loader import WorkerLoader
-from mula_cli.data.transforms import AUGMENTATIONS
-from mula_cli.devices import amp_dtype as resolve_amp
-from mula_cli.errors import MulaError
-from mula_cli.files import remove_stale_partials, write_json
-from mula_cli.interrupts import STOP_SIGNALS, Interrupted, this_process_only
-from mula_cli.manifests import DatasetManifest
 from mula_cli.model.mula import MuLA
 from mula_cli.model.presets import build_model, dataset_overrides
 from mula_cli.model.weights import load_weights, save_weights
 from mula_cli.plots.figures import Plotter, plots_wanted
 from mula_cli.plots.training import ResultsPlot
-from mula_cli.progress import make_progress
 from mula_cli.train.balance import balance_columns, measure_balance, tasks_of
 from mula_cli.train.checkpoint import TrainState, load_checkpoint, restore_training, save_checkpoint
 from mula_cli.train.config import TrainConfig
@@ -48,6 +40,14 @@ from mula_cli.train.rundir import MetricsLog, environment, new_run_dir, resumed_
 from mula_cli.train.step import BatchInputs, SkipSampler
 from mula_cli.train.step import train_step as _step  # a module-level name, so tests can wrap the step
 from mula_cli.train.validate import Validator
+from mula_cli.transforms.affine import AUGMENTATIONS
+from mula_cli.utils.console import err, out
+from mula_cli.utils.devices import amp_dtype as resolve_amp
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.files import remove_stale_partials, write_json
+from mula_cli.utils.interrupts import STOP_SIGNALS, Interrupted, this_process_only
+from mula_cli.utils.manifests import DatasetManifest
+from mula_cli.utils.progress import make_progress
 
 if TYPE_CHECKING:  # tensorboard is an optional extra
     from torch.utils.tensorboard import SummaryWriter

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mula_cli.errors import MulaError
-from mula_cli.files import finite_json, write_json
-from mula_cli.inference import InferenceOptions
+from mula_cli.inference.batch import InferenceOptions
 from mula_cli.reproduce.report import RECORD, read_record
 from mula_cli.train.config import TrainConfig
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.files import finite_json, write_json
 
 CHECKPOINTS = ("last", "best")
 # TrainConfig fields that do not change what a row learns: another invocation may set them differently.
@@ -139,9 +139,9 @@ def _evaluation_key(plan: Plan, weights: Path, partition: bool) -> dict[str, Any
 def score_row(plan: Plan, preset: str, table_dir: Path) -> dict[str, Any]:
     """Score a trained row on the plan's split with the plan's test protocol (cached in ``reproduce.json``)."""
     from mula_cli.data.cache import CacheFile
-    from mula_cli.devices import pick_device
-    from mula_cli.evaluation import eval_loader, evaluate_model
+    from mula_cli.evaluation.runner import eval_loader, evaluate_model
     from mula_cli.model.weights import load_weights
+    from mula_cli.utils.devices import pick_device
 
     run = table_dir / preset
     weights = run / "weights" / f"{plan.checkpoint}.pt"

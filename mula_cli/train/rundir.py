@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mula_cli import __version__
-from mula_cli.files import atomic_write, next_dir
+from mula_cli.utils.files import atomic_write, next_dir
+from mula_cli.utils.version import __version__
 
 
 def new_run_dir(project: Path, name: str | None) -> Path:

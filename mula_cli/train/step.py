@@ -11,9 +11,9 @@ from torch.utils.data import DistributedSampler
 
 from mula_cli.data.dataset import SampleConfig
 from mula_cli.data.device_warp import warp_images
-from mula_cli.devices import autocast
 from mula_cli.model.loss import mula_loss
 from mula_cli.train.config import TrainConfig
+from mula_cli.utils.devices import autocast
 
 TrainInputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 
 from mula_cli.data.cache import CacheFile
-from mula_cli.evaluation import ImagePrediction, eval_loader, evaluate_model
-from mula_cli.manifests import DatasetManifest
-from mula_cli.progress import make_progress
+from mula_cli.evaluation.runner import ImagePrediction, eval_loader, evaluate_model
+from mula_cli.io.visualize import prediction_panel, stack_panels
 from mula_cli.train.config import TrainConfig
 from mula_cli.train.distributed import World, sync_buffers
-from mula_cli.visualize import prediction_panel, stack_panels
+from mula_cli.utils.manifests import DatasetManifest
+from mula_cli.utils.progress import make_progress
 
 
 def selection_score(miou: float, pckh: float | None) -> float:

@@ -1,1 +1,4 @@
-"""Procedural synthetic people in the LIP and PASCAL-Person-Part layouts."""
+"""Procedural synthetic people in the LIP and PASCAL-Person-Part layouts.
+
+May import: data (its layouts and matfiles), codecs, transforms, utils.
+"""

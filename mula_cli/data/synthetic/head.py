@@ -16,7 +16,7 @@ from mula_cli.data.synthetic.body import Figure
 from mula_cli.data.synthetic.canvas import Canvas
 
 if TYPE_CHECKING:
-    from mula_cli.data.synthetic.render import Outfit
+    from mula_cli.data.synthetic.outfit import Outfit
 
 CodeFn = Callable[[str, str, str], int]
 

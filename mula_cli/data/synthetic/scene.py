@@ -23,12 +23,12 @@ from mula_cli.data.synthetic.canvas import (
     random_material,
     skin_colour,
 )
+from mula_cli.data.synthetic.outfit import sample_outfit
 from mula_cli.data.synthetic.render import (
     DISTRACTOR_SEGMENT,
     OCCLUDER_SEGMENT,
     RenderedPerson,
     render_person,
-    sample_outfit,
 )
 
 

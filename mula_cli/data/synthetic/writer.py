@@ -27,9 +27,9 @@ from PIL import Image
 from mula_cli.data.matfile import write_person_joints_mat
 from mula_cli.data.synthetic.render import COARSE_OF_PART, FINE_CLASSES, MAX_PEOPLE, PART_SLOTS, PARTS
 from mula_cli.data.synthetic.scene import SceneImage, multi_person_scene, single_person_scene
-from mula_cli.errors import MulaError
-from mula_cli.interrupts import ignore_stop_signals, starting_workers
-from mula_cli.manifests import DatasetManifest
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.interrupts import ignore_stop_signals, starting_workers
+from mula_cli.utils.manifests import DatasetManifest
 
 SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
 JPEG_QUALITY = 90
@@ -201,7 +201,7 @@ def _run(jobs: list[_Job], work: Callable[[_Job], tuple[str, str | None]], worke
         return
     with ProcessPoolExecutor(max_workers=workers, initializer=ignore_stop_signals,
                              initargs=(os.getpid(),)) as pool:
-        with starting_workers():  # submitting starts the workers (see mula_cli.interrupts)
+        with starting_workers():  # submitting starts the workers (see mula_cli.utils.interrupts)
             results = pool.map(work, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 4))))
         yield from report(results)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mula_cli.manifests import DatasetManifest
+from mula_cli.utils.manifests import DatasetManifest
 
 PCK_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(11))  # 0.00 .. 0.50
 

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from mula_cli.data.transforms import letterbox, scale_views
-from mula_cli.errors import MulaError
-from mula_cli.inference import InferenceOptions, ScaleViews, predict_batch, to_originals
-from mula_cli.manifests import DatasetManifest, load_manifest, manifest_from_json
-from mula_cli.partition import GroupingConfig, Person
+from mula_cli.codecs.partition import GroupingConfig, Person
+from mula_cli.inference.batch import InferenceOptions, ScaleViews, predict_batch, to_originals
+from mula_cli.transforms.affine import letterbox, scale_views
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.manifests import DatasetManifest, load_manifest, manifest_from_json
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -153,16 +153,16 @@ class Predictor:
 
     Args:
         weights: a mula weights file (``.pt``) or an exported model (``.torchscript`` / ``.onnx``).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :mod:`mula_cli.devices`).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :mod:`mula_cli.utils.devices`).
         flip: flip testing for parsing too (pose is flip-averaged by default, the official protocol).
         pose_flip: average pose with the mirrored picture.
         scales: multi-scale testing factors.
-        fast: run the fast path (:mod:`mula_cli.fastpath`: BatchNorm folded, channels_last, fused
+        fast: run the fast path (:mod:`mula_cli.inference.fastpath`: BatchNorm folded, channels_last, fused
             convolutions; same results up to float rounding); False runs the plain eager model.
         bf16: run the network under bfloat16 autocast (CUDA or CPU): faster on GPUs, results
             differ from float32 by more than rounding (see the README for the measured tolerance).
         grouping: multi-person models: the thresholds that group joint candidates into people
-            (default: :class:`~mula_cli.partition.GroupingConfig`'s: Pose Partition Networks' thresholds).
+            (default: :class:`~mula_cli.codecs.partition.GroupingConfig`'s: Pose Partition Networks' thresholds).
 
     ``path`` says in one line which of these runs (``mula predict`` prints it).
     """
@@ -170,19 +170,19 @@ class Predictor:
     def __init__(self, weights: str | Path, device: str = "auto", *, flip: bool = False, pose_flip: bool = True,
                  scales: Sequence[float] = (1.0,), fast: bool = True, bf16: bool = False,
                  grouping: GroupingConfig | None = None) -> None:
-        from mula_cli.devices import pick_device
+        from mula_cli.utils.devices import pick_device
 
         self.weights = Path(weights)
         self.device = pick_device(device)
         suffix = self.weights.suffix.lower()
         if suffix in (".torchscript", ".ts", ".onnx"):
-            from mula_cli.runtime import load_exported
+            from mula_cli.inference.runtime import load_exported
 
             self.model = load_exported(self.weights, self.device)
             self.config, extra = self.model.config, self.model.extra
             self.path = f"exported {'ONNX (onnxruntime)' if suffix == '.onnx' else 'TorchScript'} model"
         else:
-            from mula_cli.fastpath import prediction_model
+            from mula_cli.inference.fastpath import prediction_model
             from mula_cli.model.weights import load_weights
 
             model, self.config, extra = load_weights(self.weights, map_location=self.device)

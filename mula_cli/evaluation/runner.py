@@ -2,8 +2,8 @@
 
 Each image is letterboxed (official test transform; at every test scale for multi-scale testing),
 predicted in batches on the model's device, mapped back to its original resolution and scored there
-with :mod:`mula_cli.metrics`; or processed exactly as the authors' test code does
-(``protocol="authors"``, :mod:`mula_cli.authors_protocol`). In a
+with :mod:`mula_cli.evaluation.metrics`; or processed exactly as the authors' test code does
+(``protocol="authors"``, :mod:`mula_cli.evaluation.authors_protocol`). In a
 distributed run every rank scores a disjoint shard (no padding duplicates) and the metric sums
 are added across ranks.
 """
@@ -20,12 +20,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from mula_cli.authors_protocol import as_their_reader_reads
-from mula_cli.authors_protocol import predict_originals as predict_authors
+from mula_cli.codecs.partition import Person
 from mula_cli.data.dataset import MulaDataset, SampleConfig, collate
 from mula_cli.data.loader import WorkerLoader
-from mula_cli.errors import MulaError
-from mula_cli.inference import (
+from mula_cli.evaluation.authors_protocol import as_their_reader_reads
+from mula_cli.evaluation.metrics import ParsingMetrics, PoseMetrics
+from mula_cli.evaluation.multi_person_metrics import MultiPersonPoseAP
+from mula_cli.inference.authors_predict import predict_originals as predict_authors
+from mula_cli.inference.batch import (
     AUTHORS,
     InferenceOptions,
     OriginalPrediction,
@@ -33,10 +35,8 @@ from mula_cli.inference import (
     predict_batch,
     to_originals,
 )
-from mula_cli.manifests import DatasetManifest
-from mula_cli.metrics import ParsingMetrics, PoseMetrics
-from mula_cli.multi_person_metrics import MultiPersonPoseAP
-from mula_cli.partition import Person
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.manifests import DatasetManifest
 
 if TYPE_CHECKING:
     from mula_cli.plots.gallery import Gallery
@@ -126,8 +126,8 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
             precision); decoding and scoring run in float32 either way.
         progress: called with the number of images done after each batch.
         on_prediction: receives each image's prediction at original resolution (e.g. to save it).
-        pose_reference: multi-person mAP's reference distance (see mula_cli.multi_person_metrics).
-        map_protocol: multi-person mAP's edge rules, strict or mpii (see mula_cli.multi_person_metrics).
+        pose_reference: multi-person mAP's reference distance (see mula_cli.evaluation.multi_person_metrics).
+        map_protocol: multi-person mAP's edge rules, strict or mpii (see mula_cli.evaluation.multi_person_metrics).
         gallery: receives every image's prediction and own scores, to keep the best and worst pictures.
     """
     model.eval()

@@ -35,12 +35,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from mula_cli.devices import autocast
 from mula_cli.model.adaptation import AdaptiveResidual, StaticResidual
 from mula_cli.model.blocks import ConvBnRelu, PlainBottleneck, PostActSkip, PostRes, PreActSkip, PreRes
 from mula_cli.model.hourglass import Hourglass, HourglassStageEncoder, HourglassStem
 from mula_cli.model.mula import ModelOutput, MuLA, NextStageMapping, model_output
 from mula_cli.ops import dynamic_depthwise_conv2d
+from mula_cli.utils.devices import autocast
 
 _PACKED_SHAPES = 4  # input shapes a FusedConv keeps packed weights for (each a copy of the weights)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from mula_cli.errors import MulaError
-from mula_cli.paths import user_manifest_dir
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.paths import user_manifest_dir
 
 SINGLE_PERSON = "single_person"
 MULTI_PERSON = "multi_person"
@@ -94,7 +94,7 @@ def _builtin_dir() -> Path:
     try:
         return Path(str(resources.files("mula_cli.data_manifests")))
     except ModuleNotFoundError:  # running from a source tree that was never installed
-        return Path(__file__).resolve().parent.parent / "data_manifests"
+        return Path(__file__).resolve().parents[2] / "data_manifests"
 
 
 def _read_raw(name: str) -> dict[str, Any]:

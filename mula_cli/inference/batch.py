@@ -8,17 +8,17 @@ input size and centred on grey; pose = final-stage heatmaps of the image and its
 Options: ``parsing_flip`` averages the parsing logits with the mirror's too. ``scales`` tests the
 picture at several sizes, as the authors' test code does: for each scale s the picture is resized
 to a long edge of ``s * S`` and the fixed S x S window centred on it is cut (grey padding,
-:func:`mula_cli.data.transforms.scale_views`); every window's heatmaps and logits are mapped back
+:func:`mula_cli.transforms.affine.scale_views`); every window's heatmaps and logits are mapped back
 into the base window (the scale-1 letterbox, i.e. the picture) and averaged there: heatmaps before
 the blur and argmax, logits before the argmax. Where a window does not cover the picture (the
 centre crop of a scale above 1) only the windows that see it are averaged.
 
 Multi-person models (the partition branch) also fuse their centroid offsets the same way (flip:
 mirrored back with x negated; scales: sampled into the base window and divided by the view's
-scale), and every image's joint candidates are grouped into people (:func:`mula_cli.partition.group_people`).
+scale), and every image's joint candidates are grouped into people (:func:`mula_cli.codecs.partition.group_people`).
 
 ``protocol="authors"`` replaces all of this with the authors' exact test-time processing
-(:mod:`mula_cli.authors_protocol`).
+(:mod:`mula_cli.evaluation.authors_protocol`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mula_cli.data.transforms import apply_affine, invert_affine
-from mula_cli.devices import autocast
-from mula_cli.errors import MulaError
-from mula_cli.heatmaps import decode_official, flip_heatmaps, flip_logits
-from mula_cli.manifests import DatasetManifest
+from mula_cli.codecs.heatmaps import decode_official, flip_heatmaps, flip_logits
+from mula_cli.codecs.partition import GroupingConfig, Person, flip_offsets, group_people
 from mula_cli.model.loss import upsample_logits
-from mula_cli.partition import GroupingConfig, Person, flip_offsets, group_people
+from mula_cli.transforms.affine import apply_affine, invert_affine
+from mula_cli.utils.devices import autocast
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.manifests import DatasetManifest
 
 DEFAULT = "default"
 AUTHORS = "authors"
@@ -60,7 +60,7 @@ class InferenceOptions:
 
 @dataclass
 class ScaleViews:
-    """The picture at each test scale (from :func:`mula_cli.data.transforms.scale_views`), batched."""
+    """The picture at each test scale (from :func:`mula_cli.transforms.affine.scale_views`), batched."""
 
     images: Tensor  # (B, n, 3, S, S) uint8 windows
     affines: np.ndarray  # (B, n, 2, 3) original -> window pixels

@@ -1,20 +1,20 @@
 """Deployable models: TorchScript and ONNX files that need nothing but themselves.
 
 The exported graph takes an image batch (B, 3, S, S) of RGB values in 0..255 at the model's
-input size S (letterbox your pictures as ``mula_cli.data.transforms.letterbox`` does), applies the
+input size S (letterbox your pictures as ``mula_cli.transforms.affine.letterbox`` does), applies the
 model's normalisation inside, and returns the final stage's
 
 - ``parsing``: logits upsampled to S x S (B, K, S, S), or with ``labels`` the class ids (B, S, S);
 - ``heatmaps``: pose heatmaps at the model stride (B, J + 1, S/s, S/s), background map last;
 - ``offsets`` (multi-person models only): the partition branch's centroid offsets (B, 2J, S/s, S/s),
-  x and y of joint j in channels 2j and 2j+1, in units of half the input size (mula_cli.partition).
+  x and y of joint j in channels 2j and 2j+1, in units of half the input size (mula_cli.codecs.partition).
 
 TorchScript accepts uint8 or float input; ONNX takes float32 (float16 with ``half``). The model
 configuration and dataset manifest travel inside the file (TorchScript extra file / ONNX metadata),
 so ``mula predict --weights model.onnx`` knows classes, joints and palette. The per-sample
 depthwise convolution is exported in a batch-independent form, so a dynamic batch works.
 
-This module writes and checks exports; running them is :mod:`mula_cli.runtime`.
+This module writes and checks exports; running them is :mod:`mula_cli.inference.runtime`.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mula_cli.errors import MulaError
-from mula_cli.files import atomic_write
+from mula_cli.inference.runtime import FORMATS, META_KEY, load_exported
 from mula_cli.model.loss import upsample_logits
 from mula_cli.ops.dynconv import export_form
-from mula_cli.runtime import FORMATS, META_KEY, load_exported
+from mula_cli.utils.errors import MulaError
+from mula_cli.utils.files import atomic_write
 
 
 class ExportWrapper(nn.Module):
@@ -67,8 +67,8 @@ def export_model(weights: Path, fmt: str, out: Path | None = None, *, dynamic_ba
     Raises:
         MulaError: unknown format, missing onnx package, or an exported file that disagrees with eager.
     """
-    from mula_cli.devices import pick_device
     from mula_cli.model.weights import load_weights
+    from mula_cli.utils.devices import pick_device
 
     if fmt not in FORMATS:
         raise MulaError(f"--format {fmt!r} is unknown; use torchscript or onnx")

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from mula_cli.manifests import DatasetManifest
-from mula_cli.partition import Person
+from mula_cli.codecs.partition import Person
+from mula_cli.utils.manifests import DatasetManifest
 
 
 def joint_records(names: tuple[str, ...], joints: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ Nothing is lost on the way out: the JSON Lines file is flushed after every frame
 a time), and on Ctrl-C, SIGTERM, a decoding error or a truncated file the frames already predicted are
 still written and the video container is closed properly; a second signal meanwhile does not cut that
 short. An overlay MP4 is fragmented, so even a killed process leaves one that plays up to its last
-whole fragment (see :class:`mula_cli.video.VideoWriter`). A live source
+whole fragment (see :class:`mula_cli.io.video.VideoWriter`). A live source
 (camera, live stream) never waits for the network: when frames arrive faster than they are
 predicted, the oldest waiting frame is dropped.
 """
@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mula_cli.interrupts import signal_number
-from mula_cli.pose_records import found_joint_records, joint_records
-from mula_cli.smoothing import OneEuroFilter, OneEuroSettings
-from mula_cli.video import Frame, VideoReader, VideoWriter
-from mula_cli.visualize import draw_pose, overlay, save_label_png
+from mula_cli.inference.smoothing import OneEuroFilter, OneEuroSettings
+from mula_cli.io.pose_records import found_joint_records, joint_records
+from mula_cli.io.video import Frame, VideoReader, VideoWriter
+from mula_cli.io.visualize import draw_pose, overlay, save_label_png
+from mula_cli.utils.interrupts import signal_number
 
 _END = object()  # end of a queue's items
 _POLL_S = 0.1  # queue waits wake up this often to notice a stop
@@ -188,8 +188,8 @@ def predict_video(predictor, reader: VideoReader, outputs: VideoOutputs, options
     """Run the pipeline over ``reader`` until it ends, fails or Ctrl-C; always returns the report.
 
     Args:
-        predictor: a :class:`~mula_cli.predictor.Predictor`.
-        reader: the source (:func:`mula_cli.video.open_source`).
+        predictor: a :class:`~mula_cli.inference.predictor.Predictor`.
+        reader: the source (:func:`mula_cli.io.video.open_source`).
         outputs: what to write.
         options: stride, batch size, smoothing, preview.
         progress: called with the number of frames written after each one.
@@ -267,7 +267,7 @@ def predict_video(predictor, reader: VideoReader, outputs: VideoOutputs, options
         preview = _Preview.open() if options.show else None
         _predict_loop(predictor, frames, predictions, stop, reader.live, options.batch_size, report, preview,
                       writer, errors)
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (mula_cli.interrupts)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (mula_cli.utils.interrupts)
         report.stopped_by(exc)
     except _Stop:
         pass
@@ -394,7 +394,7 @@ class _Preview:
 
     @classmethod
     def open(cls) -> _Preview | None:
-        from mula_cli.console import err
+        from mula_cli.utils.console import err
 
         if not display_available():
             err.print("no display: the overlay is not shown (outputs are written as usual)")

@@ -26,9 +26,9 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 from torch import Tensor
 
-from mula_cli.data.transforms import apply_affine
-from mula_cli.errors import MulaError
-from mula_cli.heatmaps import encode_heatmaps, grid_centers
+from mula_cli.codecs.heatmaps import encode_heatmaps, grid_centers
+from mula_cli.transforms.affine import apply_affine
+from mula_cli.utils.errors import MulaError
 
 #: Default cap on joint candidates per joint type (:attr:`GroupingConfig.max_candidates`)
 MAX_CANDIDATES = 30

@@ -1,8 +1,8 @@
 """Running an exported model (``.torchscript`` or ``.onnx`` from ``mula export``) like a MuLA model.
 
 The file carries the model configuration and the dataset manifest (TorchScript extra file / ONNX
-metadata), so the :class:`~mula_cli.predictor.Predictor` needs nothing else. Writing exports is
-:mod:`mula_cli.export`.
+metadata), so the :class:`~mula_cli.inference.predictor.Predictor` needs nothing else. Writing exports is
+:mod:`mula_cli.deploy.export`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mula_cli.errors import MulaError
 from mula_cli.model.config import MulaConfig
 from mula_cli.model.mula import ModelOutput, model_output
+from mula_cli.utils.errors import MulaError
 
 META_KEY = "mula"
 FORMATS = {"torchscript": ".torchscript", "onnx": ".onnx"}

@@ -14,7 +14,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from mula_cli.console import err, progress_enabled
+from mula_cli.utils.console import err, progress_enabled
 
 
 class RateColumn(ProgressColumn):

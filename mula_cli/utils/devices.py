@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from mula_cli.errors import MulaError
+from mula_cli.utils.errors import MulaError
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 

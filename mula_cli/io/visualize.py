@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mula_cli.files import atomic_write
-from mula_cli.manifests import DatasetManifest
+from mula_cli.utils.files import atomic_write
+from mula_cli.utils.manifests import DatasetManifest
 
 LOW_SCORE = 0.2  # heatmap maxima below this are drawn as hollow, grey joints
 

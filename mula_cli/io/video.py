@@ -8,7 +8,7 @@ index in the source and its time in seconds.
 A source is a video file (by suffix), a URL (``rtsp://``, ``http(s)://``, ...), or a camera: a
 whole number (``0``) or a device path (``/dev/video1``). Cameras are live sources: frames carry
 wall-clock times from the first one, and a reader that falls behind drops the oldest frames
-rather than lagging further (see :mod:`mula_cli.video_predict`).
+rather than lagging further (see :mod:`mula_cli.inference.video_predict`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mula_cli.errors import MulaError
+from mula_cli.utils.errors import MulaError
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
                   ".flv", ".wmv", ".3gp", ".ogv"}  # fmt: skip
@@ -299,7 +299,7 @@ class VideoWriter:
         top = left = 0
         if (height, width) != (self.source_height, self.source_width):
             if not self._resized:
-                from mula_cli.console import err
+                from mula_cli.utils.console import err
 
                 err.print(f"{self.path.name}: the frames change size from {self.source_width}x{self.source_height} "
                           f"to {width}x{height} after {self.frames} frame(s); every frame of another size is scaled "

@@ -62,8 +62,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mula_cli.manifests import DatasetManifest
-from mula_cli.metrics import nanmean
+from mula_cli.evaluation.metrics import nanmean
+from mula_cli.utils.manifests import DatasetManifest
 
 HEAD_BOX_FRACTION = 0.13
 #: MPII's head size (0.6 x the head-box diagonal) over the head-top to neck distance, on MPII's ground truth
