@@ -97,6 +97,9 @@ def _register() -> None:
 
     app.command("models")(models_cmd.models)
     app.command("import-official")(import_official.import_official)
+    from mula_cli.commands import weights as weights_cmd
+
+    app.add_typer(weights_cmd.app, name="weights")
     from mula_cli.commands import benchmark, reproduce
 
     app.add_typer(benchmark.app, name="benchmark")

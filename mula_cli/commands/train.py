@@ -80,6 +80,10 @@ def train(
         run_training(cfg, resume=path, checkpoint=checkpoint, quiet=quiet, plots=plots)
         return
     cfg = resolve_config(flags, config)
-    if weights is not None and not weights.is_file():
-        raise MulaError(f"--weights {weights} does not exist")
+    if weights is not None:
+        from mula_cli.model.hub import resolve_weights
+
+        weights = resolve_weights(weights)  # a path, or a known name's cached file (authors-lip)
+        if not weights.is_file():
+            raise MulaError(f"--weights {weights} does not exist")
     run_training(cfg, weights=weights, quiet=quiet, plots=plots)

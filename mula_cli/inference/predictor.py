@@ -170,9 +170,10 @@ class Predictor:
     def __init__(self, weights: str | Path, device: str = "auto", *, flip: bool = False, pose_flip: bool = True,
                  scales: Sequence[float] = (1.0,), fast: bool = True, bf16: bool = False,
                  grouping: GroupingConfig | None = None) -> None:
+        from mula_cli.model.hub import resolve_weights
         from mula_cli.utils.devices import pick_device
 
-        self.weights = Path(weights)
+        self.weights = resolve_weights(weights)  # a path, or a known name's cached file (authors-lip)
         self.device = pick_device(device)
         suffix = self.weights.suffix.lower()
         if suffix in (".torchscript", ".ts", ".onnx"):

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mula_cli.model.config import MulaConfig
+from mula_cli.model.hub import resolve_weights
 from mula_cli.model.mula import MuLA
 from mula_cli.utils.errors import MulaError
 from mula_cli.utils.files import atomic_write
@@ -107,8 +108,9 @@ def save_weights(
 
 
 def read_weights_file(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """The raw payload of a weights file, checked to be ours; MulaError (naming the file) if not."""
-    path = Path(path)
+    """The raw payload of a weights file (or of a known name's cached one, such as ``authors-lip``),
+    checked to be ours; MulaError (naming the file) if not."""
+    path = resolve_weights(path)
     if path.is_dir():  # a run's folder: its weights are in weights/best.pt
         inside = next((p for p in (path / "weights" / "best.pt", path / "best.pt") if p.is_file()), None)
         hint = f"did you mean {inside}?" if inside else "pass the .pt file (a run's weights/best.pt)"
