@@ -24,6 +24,13 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
                   ".heif"}
 
 
+class PoseFormat(str, Enum):
+    mula = "mula"
+    openpose = "openpose"
+    openpose_coco18 = "openpose-coco18"
+    coco = "coco"
+
+
 class Source(str, Enum):
     auto = "auto"
     images = "images"
@@ -88,9 +95,27 @@ def newest_best(project: Path = Path("runs/train")) -> Path:
     return found[-1]
 
 
-def pose_document(image: Path, size: tuple[int, int], prediction, predictor, weights_id: str) -> dict:
-    from mula_cli.io.pose_records import joint_records, people_document
+def pose_layout(predictor, pose_format: PoseFormat):
+    """The keypoint layout of ``--pose-format`` for the model's joints (None for mula's own); a MulaError
+    naming the manifest when it does not map its joints to that format."""
+    from mula_cli.io.pose_records import keypoint_layout
 
+    return None if pose_format == PoseFormat.mula else keypoint_layout(predictor.manifest, pose_format.value)
+
+
+def pose_document(image: Path, size: tuple[int, int], prediction, predictor, weights_id: str, layout=None):
+    """A picture's pose JSON: mula's own document, or ``layout``'s format (OpenPose's, COCO results)."""
+    from mula_cli.io.pose_records import (
+        coco_image_id,
+        formatted_pose,
+        joint_records,
+        people_document,
+        pose_people,
+    )
+
+    if layout is not None:
+        return formatted_pose(layout, pose_people(prediction.joints, prediction.scores, prediction.people),
+                              coco_image_id(image.stem), size[1], size[0])
     m = predictor.manifest
     return {
         "image": str(image),
@@ -110,6 +135,7 @@ def predict(
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weights (.pt) or an exported model (.torchscript/.onnx). Default: the newest runs/train/*/weights/best.pt."),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Parsing PNG for a single image (palette PNG, pixel = class id)."),
     pose_path: Optional[Path] = typer.Option(None, "--pose", help="Pose JSON for a single image; JSON Lines (one record per frame) for a video."),
+    pose_format: PoseFormat = typer.Option(PoseFormat.mula, "--pose-format", help="Layout of the pose JSON: mula (every joint by name, with the model and skeleton); openpose (OpenPose's JSON in BODY_25 order, OpenPose's default, as try-on and ControlNet pipelines read it); openpose-coco18 (the same in OpenPose's 18-keypoint COCO order); coco (COCO keypoint results, COCO-17 order). Keypoints the dataset has no joint for are 0 0 0. Video: one document per frame and line."),
     vis_path: Optional[Path] = typer.Option(None, "--vis", help="Overlay picture for a single image; overlay video (.mp4, .mkv, .mov, .avi, .webm) for a video."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for <name>.png, <name>.json and <name>_overlay.jpg of every image (folder structure mirrored); for a video, per-frame label PNGs in <name>/ (and the overlay and JSON Lines unless --vis/--pose name them). Default: runs/predict/expN."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="With --out-dir: also write overlay pictures (the overlay video for a video)."),
@@ -141,11 +167,13 @@ def predict(
         if out_path is not None:
             raise MulaError("--out names one label PNG; for a video, --out-dir writes one label PNG per frame")
         predictor = _predictor(weights, device, flip, fast, bf16, grouping)
+        pose_layout(predictor, pose_format)  # a manifest without the mapping: said before the source opens
         from mula_cli.commands.predict_video import VideoRequest, predict_video_command
 
         predict_video_command(VideoRequest(source=video[0], camera=video[1], vis_path=vis_path, pose_path=pose_path,
                                            out_dir=out_dir, overlays=overlays, stride=stride, batch_size=batch_size,
-                                           smooth=smooth, show=show, quiet=quiet), predictor)
+                                           smooth=smooth, show=show, quiet=quiet, pose_format=pose_format.value),
+                              predictor)
         return
     items = expand_sources(sources)
     if not items:
@@ -154,6 +182,7 @@ def predict(
     if single and len(items) > 1:
         raise MulaError(f"--out/--pose/--vis name files for one image but {len(items)} were given; use --out-dir")
     predictor = _predictor(weights, device, flip, fast, bf16, grouping)
+    layout = pose_layout(predictor, pose_format)
     weights_id = hashlib.sha256(Path(predictor.weights).read_bytes()).hexdigest()[:16]
     folder = None if single else (out_dir or next_dir(Path("runs/predict")))
     targets = [Path(p) for p in (out_path, pose_path, vis_path) if p] if single else \
@@ -177,7 +206,8 @@ def predict(
                 results = predictor.predict_decoded(pictures)
                 for (file, stem), (img, _), result in zip(chunk, pictures, results):
                     targets = _targets(folder, stem, out_path, pose_path, vis_path, overlays)
-                    _write(targets, file, img, result, predictor, weights_id, save_label_png, overlay, draw_pose)
+                    _write(targets, file, img, result, predictor, weights_id, save_label_png, overlay, draw_pose,
+                           layout)
                     written += 1
             bar.advance(task, len(items[start:start + batch_size]))
     where = folder if folder is not None else ", ".join(str(p) for p in (out_path, pose_path, vis_path) if p)
@@ -207,12 +237,13 @@ def _targets(folder, stem, out_path, pose_path, vis_path, overlays) -> dict[str,
             "vis": base.with_name(base.name + "_overlay.jpg") if overlays else None}
 
 
-def _write(targets, file, img, result, predictor, weights_id, save_label_png, overlay, draw_pose) -> None:
+def _write(targets, file, img, result, predictor, weights_id, save_label_png, overlay, draw_pose,
+           layout=None) -> None:
     m = predictor.manifest
     if targets["labels"] is not None:
         save_label_png(targets["labels"], result.labels, m)
     if targets["pose"] is not None:
-        doc = pose_document(file, result.size, result, predictor, weights_id)
+        doc = pose_document(file, result.size, result, predictor, weights_id, layout)
         write_json(targets["pose"], doc)
     if targets["vis"] is not None:
         # drawn at the decoded size: the original for ordinary photos, a reduced one for huge JPEGs

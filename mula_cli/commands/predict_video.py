@@ -27,6 +27,7 @@ class VideoRequest:
     smooth: bool
     show: bool
     quiet: bool
+    pose_format: str = "mula"  # the JSON Lines' layout: mula, openpose, openpose-coco18, coco
 
 
 def _stem(source: str, camera: bool) -> str:
@@ -82,7 +83,8 @@ def predict_video_command(request: VideoRequest, predictor) -> None:
 
         remove_stale_partials(outputs.labels_dir)
     options = VideoOptions(stride=request.stride, batch_size=request.batch_size,
-                           smooth=OneEuroSettings() if request.smooth else None, show=request.show)
+                           smooth=OneEuroSettings() if request.smooth else None, show=request.show,
+                           pose_format=request.pose_format)
     total = reader.frame_count
     if total is not None:
         total = -(-total // request.stride)

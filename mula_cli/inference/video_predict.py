@@ -37,7 +37,13 @@ import numpy as np
 from PIL import Image
 
 from mula_cli.inference.smoothing import OneEuroFilter, OneEuroSettings
-from mula_cli.io.pose_records import found_joint_records, joint_records
+from mula_cli.io.pose_records import (
+    found_joint_records,
+    frame_record,
+    joint_records,
+    keypoint_layout,
+    pose_people,
+)
 from mula_cli.io.video import Frame, VideoReader, VideoWriter
 from mula_cli.io.visualize import draw_pose, overlay, save_label_png
 from mula_cli.utils.interrupts import signal_number
@@ -61,6 +67,7 @@ class VideoOptions:
     batch_size: int = 8  # frames per forward pass (live sources take what has arrived, up to this)
     smooth: OneEuroSettings | None = None  # temporal smoothing of joints; None = off
     show: bool = False  # show the overlay in a window (needs a display)
+    pose_format: str = "mula"  # the JSON Lines' layout: mula's records, openpose, openpose-coco18 or coco
 
 
 @dataclass
@@ -138,9 +145,10 @@ class _Writer:
     """The last stage: JSON Lines, label PNGs and the overlay video, in frame order."""
 
     def __init__(self, outputs: VideoOutputs, predictor, rate: Fraction, size: tuple[int, int],
-                 smooth: OneEuroSettings | None, draw: bool) -> None:
+                 smooth: OneEuroSettings | None, draw: bool, pose_format: str = "mula") -> None:
         self.outputs, self.predictor, self.draw = outputs, predictor, draw or outputs.vis is not None
         self.manifest = predictor.manifest
+        self.layout = None if pose_format == "mula" else keypoint_layout(self.manifest, pose_format)  # before any file
         self.smoother = OneEuroFilter(smooth) if smooth is not None else None
         self.video = VideoWriter(outputs.vis, rate, size[1], size[0]) if outputs.vis is not None else None
         if outputs.pose is not None:
@@ -160,8 +168,12 @@ class _Writer:
             people = [{"joints": joint_records(self.manifest.joints, joints, prediction.scores),
                        "score": round(float(np.mean(prediction.scores)), 4)}]
         if self.lines is not None:
-            record = {"frame": frame.index, "time": round(frame.time, 4), "width": width, "height": height,
-                      "people": people}
+            if self.layout is None:
+                record = {"frame": frame.index, "time": round(frame.time, 4), "width": width, "height": height,
+                          "people": people}
+            else:  # another program's layout: OpenPose's document (frame and time added) or COCO results
+                record = frame_record(self.layout, pose_people(joints, prediction.scores, prediction.people),
+                                      frame.index, frame.time, width, height)
             self.lines.write(json.dumps(record) + "\n")
             self.lines.flush()  # a crash or Ctrl-C keeps every line written so far
         if self.outputs.labels_dir is not None:
@@ -209,7 +221,8 @@ def predict_video(predictor, reader: VideoReader, outputs: VideoOutputs, options
         first = _first_frame(reader, options.stride, report)
         if first is None:
             return report
-        writer = _Writer(outputs, predictor, rate, first[1].image.shape[:2], options.smooth, draw=options.show)
+        writer = _Writer(outputs, predictor, rate, first[1].image.shape[:2], options.smooth, draw=options.show,
+                         pose_format=options.pose_format)
     except KeyboardInterrupt as exc:  # before the first prediction: nothing is written yet
         report.stopped_by(exc)
         return report

@@ -4,6 +4,11 @@ The JSON files live in the top-level ``data_manifests/`` folder and ship inside 
 ``mula_cli.data_manifests``. A file ``$MULA_HOME/manifests/<name>.json`` overrides the built-in one
 (for instance to correct PASCAL-Person-Part's joint order). A manifest may name a ``base`` manifest
 whose fields it inherits; its own fields replace the base's.
+
+``pose_formats`` says which of the joints each keypoint of another program's layout is, by name:
+``{"body_25": {"Neck": "thorax", "MidHip": "pelvis", ...}, "coco_17": {...}}`` (a list of joints
+means their mean); keypoints it leaves out have no joint. The layouts themselves (names, order)
+are ``mula_cli.io.pose_records``'.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class DatasetManifest:
     splits: dict[str, int]
     layouts: tuple[dict[str, Any], ...]
     raw: dict[str, Any] = field(repr=False, compare=False)
+    # format ("body_25", "coco_17") -> its keypoint name -> the joints it is (one, or several to average)
+    pose_formats: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -170,8 +177,11 @@ def manifest_from_dict(raw: dict[str, Any]) -> DatasetManifest:
             splits={str(k): int(v) for k, v in raw.get("splits", {}).items()},
             layouts=tuple(raw.get("layouts", [])),
             raw=raw,
+            pose_formats={str(fmt): {str(k): (v,) if isinstance(v, str) else tuple(str(j) for j in v)
+                                     for k, v in mapping.items()}
+                          for fmt, mapping in raw.get("pose_formats", {}).items()},
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MulaError(f"dataset manifest '{name}' is malformed ({exc!r}); compare it with the built-in one") from None
     _check(manifest)
     return manifest
@@ -197,3 +207,34 @@ def _check(m: DatasetManifest) -> None:
     joint_refs += [int(i) for key in ("upper", "lower") for i in torso.get(key, [])]
     if any(not 0 <= i < m.num_joints for i in joint_refs):
         raise bad("a joint index in mirror pairs, skeleton or pckh is out of range")
+    for fmt, mapping in m.pose_formats.items():
+        for keypoint, joints in mapping.items():
+            if not joints:
+                raise bad(f"pose_formats.{fmt} maps {keypoint!r} to no joint; leave it out instead")
+            for joint in joints:
+                if joint not in m.joints:
+                    raise bad(f"pose_formats.{fmt} maps {keypoint!r} to {joint!r}, which is not one of its joints "
+                              f"({', '.join(m.joints)})")
+
+
+def pose_format_mapping(manifest: DatasetManifest, fmt: str) -> dict[str, tuple[str, ...]]:
+    """``manifest``'s mapping from the keypoints of ``fmt`` (``body_25``, ``coco_17``) to its joints.
+
+    Weights carry the manifest as it was when they were saved: when that copy has no mapping, the
+    current manifest of the same name (the user's override, else the built-in one) lends its own if
+    its joints are the same. A MulaError saying where to add one when neither has it.
+    """
+    mapping = manifest.pose_formats.get(fmt)
+    if mapping is None:
+        try:
+            current = load_manifest(manifest.name)
+        except MulaError:
+            current = None
+        if current is not None and current.joints == manifest.joints:
+            mapping = current.pose_formats.get(fmt)
+    if mapping is None:
+        where = user_manifest_dir() / f"{manifest.name}.json"
+        raise MulaError(f"dataset manifest '{manifest.name}' does not say which of its joints the {fmt} keypoints are; "
+                        f"add a \"pose_formats\": {{\"{fmt}\": {{...}}}} table to {where} (the built-in lip.json has "
+                        "one) or use --pose-format mula")
+    return mapping
