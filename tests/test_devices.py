@@ -127,3 +127,38 @@ def test_evaluate_measures_in_fp32_unless_asked(tiny_weights: Path) -> None:
 
     assert inspect.signature(evaluate).parameters["amp"].default.default == "off"
     _one_line_exit_2(run_cli("evaluate", tiny_weights, "--amp", "half"), "--amp 'half' is unknown")
+
+
+def test_precision_auto_is_bf16_only_where_the_device_has_it_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mula_cli.utils import devices
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not devices.native_bf16(cpu) and devices.prediction_precision("auto", cpu) == "fp32"
+    assert devices.prediction_precision("bf16", cpu) == "bf16"  # asked for: taken, emulated or not
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert devices.native_bf16(cpu) and devices.prediction_precision("auto", cpu) == "bf16"
+    assert devices.prediction_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(devices, "AUTO_BF16", False)  # what the accuracy check would set if bf16 failed it
+    assert devices.prediction_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert devices.native_bf16(torch.device("cuda"))
+    with pytest.raises(MulaError, match="--precision 'fp16'"):
+        devices.prediction_precision("fp16", cpu)
+
+
+def test_predict_takes_precision_and_refuses_a_bad_one(tiny_weights: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from mula_cli.inference.predictor import Predictor
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert Predictor(tiny_weights, "cpu").path.startswith("fast float32")  # auto without native bf16
+    predictor = Predictor(tiny_weights, "cpu", precision="bf16")
+    assert predictor.precision == "bf16" and predictor.path.startswith("fast bfloat16")
+    picture = tmp_path / "p.png"
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(picture)
+    bad = run_cli("predict", picture, "--weights", tiny_weights, "--precision", "half", "--out", tmp_path / "x.png")
+    assert bad.exit_code == 2 and "--precision 'half'" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "x.png").exists()

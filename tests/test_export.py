@@ -79,7 +79,7 @@ def test_predict_runs_the_exported_file_like_the_weights(weights: Path, tmp_path
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 60, 3), dtype=np.uint8)).save(picture)
     for name, w in (("pt", weights), ("x", out)):
         result = run_cli("predict", picture, "--weights", w, "--out", tmp_path / f"{name}.png", "--pose",
-                         tmp_path / f"{name}.json", "-q")
+                         tmp_path / f"{name}.json", "--precision", "fp32", "-q")  # like for like: exported is fp32
         assert result.exit_code == 0, result.output
     a, b = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("pt", "x"))
     assert a.shape == (90, 60) and (a == b).mean() > 0.99

@@ -113,7 +113,8 @@ def test_predictor_fast_path_is_the_default_and_agrees_with_eager(trained_like_w
     """The stated tolerance: labels equal on at least 99.9% of pixels, joints within 1 px."""
     from mula_cli.inference.predictor import Predictor
 
-    fast, eager = Predictor(trained_like_weights, "cpu"), Predictor(trained_like_weights, "cpu", fast=False)
+    fast = Predictor(trained_like_weights, "cpu", precision="fp32")
+    eager = Predictor(trained_like_weights, "cpu", fast=False, precision="fp32")
     assert fast.path.startswith("fast float32: BatchNorm folded, channels_last")
     assert eager.path.startswith("eager float32")
     pictures = _pictures(3)
@@ -126,8 +127,8 @@ def test_multiscale_prediction_on_the_fast_path_agrees_with_eager(trained_like_w
     from mula_cli.inference.predictor import Predictor
 
     options = {"scales": (0.7, 1.0, 1.3), "flip": True}
-    fast = Predictor(trained_like_weights, "cpu", **options)
-    eager = Predictor(trained_like_weights, "cpu", fast=False, **options)
+    fast = Predictor(trained_like_weights, "cpu", precision="fp32", **options)
+    eager = Predictor(trained_like_weights, "cpu", fast=False, precision="fp32", **options)
     assert fast.path.startswith("fast float32")
     fast.model.workers = 2  # the tests run one thread: split the batch (pictures, mirrors) all the same
     pictures = _pictures(3)
@@ -139,7 +140,8 @@ def test_bf16_prediction_runs_on_the_cpu_within_its_tolerance(trained_like_weigh
     """bfloat16 keeps 8 bits of mantissa: labels equal on at least 95% of pixels, joints mostly in place."""
     from mula_cli.inference.predictor import Predictor
 
-    fp32, bf16 = Predictor(trained_like_weights, "cpu"), Predictor(trained_like_weights, "cpu", bf16=True)
+    fp32 = Predictor(trained_like_weights, "cpu", precision="fp32")
+    bf16 = Predictor(trained_like_weights, "cpu", precision="bf16")
     assert "bfloat16" in bf16.path
     pictures = _pictures(3)
     reference, lowered = fp32.predict_decoded(pictures), bf16.predict_decoded(pictures)
@@ -154,7 +156,28 @@ def test_prediction_model_on_the_eager_path_is_the_model_itself() -> None:
     runner, description = prediction_model(model, fast=False)
     assert runner is model and description.startswith("eager float32")
     runner, description = prediction_model(model, fast=True, bf16=True)
-    assert "bfloat16" in description and isinstance(runner.model, FastMuLA) and not runner.model.onednn
+    # on the CPU the fast path holds bfloat16 weights itself: oneDNN packing and the batch split stay
+    assert description.startswith("fast bfloat16") and isinstance(runner, FastMuLA)
+    assert runner.dtype == torch.bfloat16 and runner.onednn == onednn_fusion_available(torch.bfloat16)
+    runner, description = prediction_model(model, fast=False, bf16=True)
+    assert description.startswith("eager bfloat16 autocast") and runner.model is model
+
+
+def test_bf16_fast_path_splits_the_batch_and_returns_float32(trained_like_weights: Path) -> None:
+    """The bfloat16 fast path runs a picture and its mirror as two shards, like float32, and hands
+    back float32 outputs close to the float32 fast path's."""
+    from mula_cli.model.weights import load_weights
+
+    model, _, _ = load_weights(trained_like_weights)
+    fp32, bf16 = FastMuLA(model).eval(), FastMuLA(model, dtype=torch.bfloat16, workers=2).eval()
+    image = torch.randint(0, 255, (2, 3, model.config.input_size, model.config.input_size), dtype=torch.uint8)
+    with torch.no_grad():
+        want, got = fp32(image), bf16(image)
+    assert bf16._pool is not None  # the batch was split over the shard threads
+    for a, b in zip(want.pose + want.parsing, got.pose + got.parsing):
+        assert b.dtype == torch.float32 and b.shape == a.shape
+        assert torch.allclose(a, b, atol=0.1 * float(a.abs().max()) + 1e-3), float((a - b).abs().max())
+    assert any(not torch.equal(a, b) for a, b in zip(want.pose, got.pose))  # it did run in bfloat16
 
 
 def test_benchmark_predict_times_both_paths_and_saves_json(tmp_path: Path) -> None:
@@ -163,11 +186,12 @@ def test_benchmark_predict_times_both_paths_and_saves_json(tmp_path: Path) -> No
     from conftest import run_cli
 
     out = tmp_path / "bench.json"
-    result = run_cli("benchmark", "predict", "--model", "hg-tiny", "--batches", "1,2", "--repeats", "2", "--bf16",
-                     "--out", out)
+    result = run_cli("benchmark", "predict", "--model", "hg-tiny", "--batches", "1,2", "--repeats", "2",
+                     "--precision", "bf16", "--out", out)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["preset"] == "hg-tiny" and set(report["paths"]) == {"eager", "fast", "fast_bf16"}
+    assert report["default_path"] == "fast_bf16" and "(the default path)" in result.output
     assert [row["batch"] for row in report["results"]] == [1, 2]
     for row in report["results"]:
         assert len(row["eager_ms"]) == len(row["fast_ms"]) == len(row["speedups"]) == 2

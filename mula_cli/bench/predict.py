@@ -115,7 +115,7 @@ def machine() -> dict[str, Any]:
 
 
 def run(weights: Path, photos: list[Path], *, batches: tuple[int, ...] = (1, 8), repeats: int = 5,
-        device: str = "cpu", bf16: bool = False, log: Callable[[str], None] = print,
+        device: str = "cpu", precision: str = "auto", log: Callable[[str], None] = print,
         save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Time eager and fast prediction of ``photos`` (interleaved) and compare their outputs.
 
@@ -125,20 +125,25 @@ def run(weights: Path, photos: list[Path], *, batches: tuple[int, ...] = (1, 8),
         batches: pictures per ``Predictor.predict`` call.
         repeats: timed calls per path and batch size, after one untimed warm-up call each.
         device: where the models run.
-        bf16: also time the fast path under bfloat16 autocast (``fast_bf16``), compared with eager too.
+        precision: the default path's (``Predictor``'s ``precision``): where it comes to bfloat16, the
+            fast path is timed in bfloat16 too (``fast_bf16``), against eager float32 like the others.
         log: progress lines.
         save: called with the report after every batch size (a run cut short keeps what it measured).
     """
     from mula_cli.inference.predictor import Predictor
+    from mula_cli.utils.devices import pick_device, prediction_precision
 
-    paths = {"eager": Predictor(weights, device, fast=False), "fast": Predictor(weights, device, fast=True)}
-    if bf16:
-        paths["fast_bf16"] = Predictor(weights, device, fast=True, bf16=True)
+    chosen = prediction_precision(precision, pick_device(device))
+    paths = {"eager": Predictor(weights, device, fast=False, precision="fp32"),
+             "fast": Predictor(weights, device, fast=True, precision="fp32")}
+    if chosen == "bf16":
+        paths["fast_bf16"] = Predictor(weights, device, fast=True, precision="bf16")
     report: dict[str, Any] = {
         "what": "Predictor.predict per picture end to end (JPEG decode, letterbox, network with pose flip, "
                 "outputs mapped back), eager float32 vs the fast path",
         "preset": paths["fast"].config.preset, "input_size": paths["fast"].input_size, "device": device,
         "machine": machine(), "paths": {name: p.path for name, p in paths.items()}, "repeats": repeats,
+        "precision": precision, "default_path": "fast_bf16" if chosen == "bf16" else "fast",
         "results": [],
     }  # fmt: skip
     for batch in batches:
@@ -225,8 +230,9 @@ def summary(report: dict[str, Any]) -> list[str]:
         for name in [n for n in report["paths"] if n != "eager"]:
             prefix = "" if name == "fast" else f"{name}_"
             a = row[f"{name}_vs_eager"]
+            default = " (the default path)" if name == report.get("default_path") else ""
             lines.append(
-                f"    {name} {row[f'{name}_ms_per_picture']:.0f} ms per picture, speed-up "
+                f"    {name}{default} {row[f'{name}_ms_per_picture']:.0f} ms per picture, speed-up "
                 f"x{row[f'{prefix}speedup_median']:.2f} (median of {len(row[f'{prefix}speedups'])}); labels "
                 f"{a['label_agreement'] * 100:.4f}% equal, joints within {a['joint_max_px']:.3g} px"
             )

@@ -74,7 +74,8 @@ def predict(
     batches: str = typer.Option("1,8", "--batches", help="Pictures per Predictor.predict call, comma-separated."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed calls per path and batch size (interleaved)."),
     device: str = typer.Option("cpu", "--device", help="cpu|cuda|auto."),
-    bf16: bool = typer.Option(False, "--bf16", help="Also time the fast path in bfloat16 (autocast), against eager float32."),
+    precision: str = typer.Option("auto", "--precision", help="The default path's precision (auto|fp32|bf16, as in `mula predict`); where it is bfloat16, the fast path is timed in bfloat16 too. Eager float32 is the baseline either way."),
+    bf16: bool = typer.Option(False, "--bf16", hidden=True, help="Same as --precision bf16."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for PyTorch (default: its own choice)."),
     out: Optional[Path] = typer.Option(
         None, "--out", help="JSON file (default: runs/benchmark/expN/predict_<device>.json)."
@@ -90,8 +91,9 @@ def predict(
     from mula_cli.bench import predict as bench
     from mula_cli.utils.console import err
     from mula_cli.utils.console import out as stdout
-    from mula_cli.utils.devices import pick_device
+    from mula_cli.utils.devices import check_precision_option, pick_device
 
+    check_precision_option(precision)
     try:
         sizes = tuple(int(b) for b in batches.split(","))
     except ValueError:
@@ -115,7 +117,8 @@ def predict(
             err.print(f"writing random {preset} weights and {max(sizes)} photos ...", highlight=False)
             weights = bench.write_random_weights(Path(tmp) / f"{preset}.pt", preset)
         photos = bench.write_photos(Path(tmp) / "photos", max(sizes))
-        report = bench.run(weights, photos, batches=sizes, repeats=repeats, device=device, bf16=bf16,
+        report = bench.run(weights, photos, batches=sizes, repeats=repeats, device=device,
+                           precision="bf16" if bf16 else precision,
                            log=lambda line: err.print(line, highlight=False), save=save)
     for line in bench.summary(report):
         stdout.print(line, highlight=False)

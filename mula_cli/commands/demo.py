@@ -259,7 +259,7 @@ def _predict(root: Path, weights: Path, seed: int, device: str, multi_person: bo
     """Predict on the held-out test pictures and on a new generated photo of a person (of a crowd)."""
     from PIL import Image
 
-    from mula_cli.commands.predict import Source
+    from mula_cli.commands.predict import PoseFormat, Source
     from mula_cli.commands.predict import predict as predict_command
     from mula_cli.data.synthetic.writer import lip_scene, pascal_scene
 
@@ -279,10 +279,10 @@ def _predict(root: Path, weights: Path, seed: int, device: str, multi_person: bo
     target = root / "predict"
     try:
         predict_command([str(photos / "person.jpg"), *map(str, tests)], weights=weights, out_path=None,
-                        pose_path=None, vis_path=None, out_dir=target, overlays=True, flip=False, device=device,
-                        batch_size=8, source=Source.auto, stride=1, smooth=False, show=False, fast=True, bf16=False,
-                        min_score=None, group_distance=None, min_joints=None,
-                        quiet=True)
+                        pose_path=None, pose_format=PoseFormat.mula, vis_path=None, out_dir=target, overlays=True,
+                        flip=False, device=device, batch_size=8, source=Source.auto, stride=1, smooth=False,
+                        show=False, fast=True, precision="auto", bf16=False, min_score=None, group_distance=None,
+                        min_joints=None, quiet=True)
     except typer.Exit as exc:
         if exc.exit_code:
             raise

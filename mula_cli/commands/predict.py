@@ -147,7 +147,8 @@ def predict(
     smooth: bool = typer.Option(False, "--smooth", help="Video: smooth joints over time (One Euro filter) for steadier skeletons."),
     show: bool = typer.Option(False, "--show", help="Video and camera: show the overlay in a window as it is made (nothing is shown without a display)."),
     fast: bool = typer.Option(True, "--fast/--eager", help="The fast path (BatchNorm folded, channels_last, fused convolutions; same results up to float rounding) or the plain eager model."),
-    bf16: bool = typer.Option(False, "--bf16", help="Run the network in bfloat16 (autocast): faster on recent GPUs; results differ from float32 beyond rounding."),
+    precision: str = typer.Option("auto", "--precision", help="The network's arithmetic: auto (bfloat16 on GPUs and on CPUs with native bfloat16, AVX512-BF16 or AMX; float32 elsewhere), fp32 or bf16. Decoding is float32 either way; the README gives what bfloat16 changes on trained weights."),
+    bf16: bool = typer.Option(False, "--bf16", hidden=True, help="Same as --precision bf16."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Multi-person models: smallest heatmap peak that counts as a joint candidate. Default: 0.1 (Pose Partition Networks).", rich_help_panel="Multi-person"),
     group_distance: Optional[float] = typer.Option(None, "--group-distance", help="Multi-person models: votes for person centres closer than this fraction of the input side form one person. Default: 0.3125 (PPN's radius is 120 px of the original picture, 0.24 of a 500-px one; see docs/multi_person.md).", rich_help_panel="Multi-person"),
     min_joints: Optional[int] = typer.Option(None, "--min-joints", help="Multi-person models: people with fewer joints are dropped. Default: 4 (PPN).", rich_help_panel="Multi-person"),
@@ -166,7 +167,7 @@ def predict(
     if video is not None:
         if out_path is not None:
             raise MulaError("--out names one label PNG; for a video, --out-dir writes one label PNG per frame")
-        predictor = _predictor(weights, device, flip, fast, bf16, grouping)
+        predictor = _predictor(weights, device, flip, fast, "bf16" if bf16 else precision, grouping)
         pose_layout(predictor, pose_format)  # a manifest without the mapping: said before the source opens
         from mula_cli.commands.predict_video import VideoRequest, predict_video_command
 
@@ -181,7 +182,7 @@ def predict(
     single = out_path or pose_path or vis_path
     if single and len(items) > 1:
         raise MulaError(f"--out/--pose/--vis name files for one image but {len(items)} were given; use --out-dir")
-    predictor = _predictor(weights, device, flip, fast, bf16, grouping)
+    predictor = _predictor(weights, device, flip, fast, "bf16" if bf16 else precision, grouping)
     layout = pose_layout(predictor, pose_format)
     weights_id = hashlib.sha256(Path(predictor.weights).read_bytes()).hexdigest()[:16]
     folder = None if single else (out_dir or next_dir(Path("runs/predict")))
@@ -218,13 +219,15 @@ def predict(
         raise typer.Exit(1)
 
 
-def _predictor(weights: Optional[Path], device: str, flip: bool, fast: bool, bf16: bool, grouping=None):
+def _predictor(weights: Optional[Path], device: str, flip: bool, fast: bool, precision: str, grouping=None):
     from mula_cli.inference.predictor import Predictor
+    from mula_cli.utils.devices import check_precision_option
 
+    check_precision_option(precision)
     if weights is None:
         weights = newest_best()
         out.print(escape(f"using weights {weights} (the newest best.pt under runs/train)"))
-    predictor = Predictor(weights, device, flip=flip, fast=fast, bf16=bf16, grouping=grouping)
+    predictor = Predictor(weights, device, flip=flip, fast=fast, precision=precision, grouping=grouping)
     err.print(f"prediction path: {predictor.path}", highlight=False)
     return predictor
 

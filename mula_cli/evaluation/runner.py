@@ -10,6 +10,7 @@ are added across ranks.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,7 +132,8 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, manifest: Dataset
         gallery: receives every image's prediction and own scores, to keep the best and worst pictures.
     """
     model.eval()
-    device = next(model.parameters()).device
+    # the fast path keeps its folded weights as buffers: it may have no parameters at all
+    device = next(itertools.chain(model.parameters(), model.buffers())).device
     parsing = ParsingMetrics(manifest.num_classes, device=device)
     config = getattr(model, "config", None)
     if manifest.multi_person and config is not None and config.partition:

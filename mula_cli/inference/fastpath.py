@@ -45,9 +45,10 @@ from mula_cli.utils.devices import autocast
 _PACKED_SHAPES = 4  # input shapes a FusedConv keeps packed weights for (each a copy of the weights)
 
 
-@lru_cache(maxsize=1)
-def onednn_fusion_available() -> bool:
-    """Whether this PyTorch has oneDNN's fused convolution operators and they compute what F.conv2d does.
+@lru_cache(maxsize=2)
+def onednn_fusion_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this PyTorch has oneDNN's fused convolution operators and they compute what F.conv2d does
+    in ``dtype`` (float32, or bfloat16 where oneDNN supports it on this CPU).
 
     They are internal operators (the ones ``torch.compile`` emits for CPU convolutions), so they are
     checked once, numerically, before they are trusted.
@@ -57,15 +58,19 @@ def onednn_fusion_available() -> bool:
     ops = getattr(torch.ops, "mkldnn", None)
     if ops is None or not hasattr(ops, "_convolution_pointwise") or not hasattr(ops, "_reorder_convolution_weight"):
         return False
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
     try:
         generator = torch.Generator().manual_seed(0)
-        conv = nn.Conv2d(8, 8, 3, padding=1)
-        x = torch.randn(2, 8, 6, 6, generator=generator).contiguous(memory_format=torch.channels_last)
-        residual = torch.randn(2, 8, 6, 6, generator=generator).contiguous(memory_format=torch.channels_last)
+        conv = nn.Conv2d(8, 8, 3, padding=1).to(dtype)
+        x = torch.randn(2, 8, 6, 6, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
+        residual = torch.randn(2, 8, 6, 6, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
+        tolerance = 1e-5 if dtype == torch.float32 else 5e-2
         with torch.no_grad():
             fused = FusedConv(conv, relu=True, onednn=True)
             want = (conv(x) + residual).relu()
-            return bool(torch.allclose(fused(x, residual), want, atol=1e-5, rtol=1e-5))
+            got = fused(x, residual)
+            return got.dtype == dtype and bool(torch.allclose(got.float(), want.float(), atol=tolerance, rtol=tolerance))
     except (RuntimeError, TypeError, AttributeError):
         return False
 
@@ -78,7 +83,7 @@ class FusedConv(nn.Module):
         bn: a BatchNorm applied to the convolution's output, folded into it (eval statistics).
         relu: apply ReLU last (after adding ``residual`` when one is given).
         onednn: pack the weights for oneDNN and fuse ReLU / the addition into the convolution
-            (CPU float32 only; see :func:`onednn_fusion_available`).
+            (CPU, float32 or bfloat16 weights; see :func:`onednn_fusion_available`).
     """
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, *, relu: bool = False,
@@ -134,7 +139,9 @@ class FusedConv(nn.Module):
                 f"relu={self.relu}, onednn={self.onednn}")
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        if self.onednn and x.device.type == "cpu" and x.dtype == torch.float32:
+        if self.weight.dtype == torch.bfloat16 and x.dtype != torch.bfloat16:
+            x = x.to(torch.bfloat16)  # a bfloat16 model's first convolution: the normalised picture
+        if self.onednn and x.device.type == "cpu" and x.dtype == self.weight.dtype:
             pointwise = torch.ops.mkldnn._convolution_pointwise
             packed = self._packed_weight(tuple(x.shape))
             if residual is None:
@@ -335,26 +342,36 @@ class FastMuLA(nn.Module):
             of a two-core machine: every convolution then runs single-threaded, without the OpenMP
             barriers that make the small late-hourglass convolutions scale poorly over cores (and
             that stall whenever another process holds a core). 1 keeps one intra-op parallel pass.
+        dtype: the network's weights and activations: float32, or bfloat16 (the picture is normalised
+            in float32 and the outputs come back as float32, so decoding never sees bfloat16). Unlike
+            autocast, which is per thread, this keeps oneDNN's packed convolutions and the batch split.
     """
 
-    def __init__(self, model: MuLA, *, onednn: bool | None = None, workers: int | None = None) -> None:
+    def __init__(self, model: MuLA, *, onednn: bool | None = None, workers: int | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         device = model.pixel_mean.device
         if onednn is None:
-            onednn = device.type == "cpu" and onednn_fusion_available()
+            onednn = device.type == "cpu" and onednn_fusion_available(dtype)
         self.config = model.config
         self.onednn = onednn
+        self.dtype = dtype
         self.workers = max(1, workers if workers is not None else torch.get_num_threads())
         self._pool: ThreadPoolExecutor | None = None
         with torch.no_grad():
             self.model = convert(copy.deepcopy(model).eval(), onednn).to(memory_format=torch.channels_last)
+            if dtype != torch.float32:
+                self.model.to(dtype)
+                self.model.pixel_mean, self.model.pixel_std = model.pixel_mean.float(), model.pixel_std.float()
 
     def forward(self, image: Tensor) -> ModelOutput:
         image = image.contiguous(memory_format=torch.channels_last)
         shards = min(self.workers, image.shape[0])
-        if shards < 2 or image.device.type != "cpu":
-            return self.model(image)
-        return self._sharded(image, shards)
+        out = self.model(image) if shards < 2 or image.device.type != "cpu" else self._sharded(image, shards)
+        if self.dtype == torch.float32:
+            return out
+        return model_output([p.float() for p in out.pose], [p.float() for p in out.parsing],
+                            [p.float() for p in out.offsets])
 
     def _sharded(self, image: Tensor, shards: int) -> ModelOutput:
         if self._pool is None:
@@ -379,6 +396,8 @@ class FastMuLA(nn.Module):
     def describe(self) -> str:
         """What the fast path does here, for the user."""
         parts = ["BatchNorm folded", "channels_last"]
+        if self.dtype != torch.float32:
+            parts.append(f"{str(self.dtype).removeprefix('torch.')} weights and activations")
         if self.onednn:
             parts.append("oneDNN packed convolutions with fused ReLU/residual")
         if self.workers > 1 and self.model.pixel_mean.device.type == "cpu":
@@ -397,12 +416,16 @@ def prediction_model(model: MuLA, *, fast: bool = True, bf16: bool = False) -> t
     Args:
         model: a MuLA model in eval mode, on its device.
         fast: use :class:`FastMuLA` (default); False keeps the plain float32 eager model.
-        bf16: run the network under bfloat16 autocast (:class:`Bfloat16`); oneDNN's packed
-            float32 convolutions are then left out on the CPU so that autocast lowers every convolution.
+        bf16: run the network in bfloat16. The CPU fast path holds bfloat16 weights itself (oneDNN's
+            packed convolutions and the batch split stay); elsewhere the network runs under bfloat16
+            autocast (:class:`Bfloat16`). Decoding is float32 either way.
     """
     device = model.pixel_mean.device
     count = torch.get_num_threads()
     threads = f"{count} thread{'s' if count != 1 else ''}" if device.type == "cpu" else str(device)
+    if fast and bf16 and device.type == "cpu":
+        runner = FastMuLA(model, dtype=torch.bfloat16).eval()
+        return runner, f"fast bfloat16: {runner.describe()} ({threads})"
     precision = "bfloat16 autocast" if bf16 else "float32"
     runner: nn.Module = model
     description = f"eager {precision} ({threads})"

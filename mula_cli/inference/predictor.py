@@ -159,8 +159,10 @@ class Predictor:
         scales: multi-scale testing factors.
         fast: run the fast path (:mod:`mula_cli.inference.fastpath`: BatchNorm folded, channels_last, fused
             convolutions; same results up to float rounding); False runs the plain eager model.
-        bf16: run the network under bfloat16 autocast (CUDA or CPU): faster on GPUs, results
-            differ from float32 by more than rounding (see the README for the measured tolerance).
+        precision: the network's arithmetic: ``fp32``, ``bf16``, or ``auto`` (bfloat16 on GPUs and on CPUs
+            that compute it natively, AVX512-BF16 or AMX; float32 elsewhere). The README gives what
+            bfloat16 changes on trained weights. Decoding is float32 either way; exported models run
+            in their own precision.
         grouping: multi-person models: the thresholds that group joint candidates into people
             (default: :class:`~mula_cli.codecs.partition.GroupingConfig`'s: Pose Partition Networks' thresholds).
 
@@ -168,13 +170,14 @@ class Predictor:
     """
 
     def __init__(self, weights: str | Path, device: str = "auto", *, flip: bool = False, pose_flip: bool = True,
-                 scales: Sequence[float] = (1.0,), fast: bool = True, bf16: bool = False,
+                 scales: Sequence[float] = (1.0,), fast: bool = True, precision: str = "auto",
                  grouping: GroupingConfig | None = None) -> None:
         from mula_cli.model.hub import resolve_weights
-        from mula_cli.utils.devices import pick_device
+        from mula_cli.utils.devices import pick_device, prediction_precision
 
         self.weights = resolve_weights(weights)  # a path, or a known name's cached file (authors-lip)
         self.device = pick_device(device)
+        self.precision = prediction_precision(precision, self.device, name="precision")
         suffix = self.weights.suffix.lower()
         if suffix in (".torchscript", ".ts", ".onnx"):
             from mula_cli.inference.runtime import load_exported
@@ -182,12 +185,13 @@ class Predictor:
             self.model = load_exported(self.weights, self.device)
             self.config, extra = self.model.config, self.model.extra
             self.path = f"exported {'ONNX (onnxruntime)' if suffix == '.onnx' else 'TorchScript'} model"
+            self.precision = "as exported"
         else:
             from mula_cli.inference.fastpath import prediction_model
             from mula_cli.model.weights import load_weights
 
             model, self.config, extra = load_weights(self.weights, map_location=self.device)
-            self.model, self.path = prediction_model(model, fast=fast, bf16=bf16)
+            self.model, self.path = prediction_model(model, fast=fast, bf16=self.precision == "bf16")
         self.manifest: DatasetManifest = _manifest(extra, self.config)
         self.options = InferenceOptions(pose_flip=pose_flip, parsing_flip=flip, scales=tuple(scales),
                                         grouping=grouping or GroupingConfig())

@@ -90,3 +90,37 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None) -> AbstractC
 def precision_name(dtype: torch.dtype | None) -> str:
     """``float32`` for full precision, else the autocast dtype's name (``bfloat16``, ``float16``)."""
     return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+# Whether `--precision auto` takes bfloat16 where the device computes it natively. Set from
+# benchmarks/precision_check.py on trained weights (benchmarks/results/precision_check.json): bf16 must
+# keep PCKh and mIoU within 0.3 points of float32, >= 99.5 % of labels and a median joint shift of 0 px.
+AUTO_BF16 = True
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a GPU that supports it, or an x86 CPU with
+    AVX512-BF16 or AMX (elsewhere oneDNN would emulate bfloat16, slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(probe is not None and probe() for probe in probes)
+
+
+def check_precision_option(option: str, name: str = "--precision") -> str:
+    """``option`` if it is a precision mula knows; a one-line MulaError naming ``name`` otherwise."""
+    if option not in PRECISIONS:
+        raise MulaError(f"{name} {option!r} is unknown; use one of {', '.join(PRECISIONS)}")
+    return option
+
+
+def prediction_precision(option: str, device: torch.device, name: str = "--precision") -> str:
+    """``fp32`` or ``bf16`` for a ``--precision`` value on ``device``: ``auto`` is bf16 where the device
+    has it natively (and :data:`AUTO_BF16` holds), float32 elsewhere; the others are taken as asked."""
+    check_precision_option(option, name)
+    if option == "auto":
+        return "bf16" if AUTO_BF16 and native_bf16(device) else "fp32"
+    return option
