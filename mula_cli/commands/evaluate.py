@@ -18,7 +18,7 @@ from mula_cli.utils.files import atomic_write, finite_json, next_dir, write_json
 
 
 def evaluate(
-    weights: Path = typer.Argument(..., help="Weights file (a run's best.pt, or from `mula import-official`)."),
+    weights: Path = typer.Argument(..., help="Weights file (a run's best.pt, or from `mula import-official`), or an exported model (.torchscript, .onnx, OpenVINO .xml)."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset name under MULA_HOME, a cache path, or a LIP-layout folder. Default: the dataset the weights were trained on."),
     split: str = typer.Option("val", "--split", help="Split to score."),
     flip: bool = typer.Option(False, "--flip", help="Flip testing for parsing too (pose is flip-averaged by the official protocol anyway)."),
@@ -46,6 +46,7 @@ def evaluate(
     from mula_cli.evaluation.multi_person_metrics import REFERENCE_ALIASES, REFERENCES
     from mula_cli.evaluation.runner import eval_loader, evaluate_model
     from mula_cli.inference.batch import PROTOCOLS, InferenceOptions, parse_scales
+    from mula_cli.inference.runtime import EXPORTED_SUFFIXES, load_exported
     from mula_cli.model.weights import load_weights
     from mula_cli.plots.figures import Plotter
     from mula_cli.plots.gallery import Gallery
@@ -72,7 +73,12 @@ def evaluate(
             err.print(f"note: {EMULATION_NOTE}", highlight=False, markup=False)
     dev = pick_device(device)
     amp_dtype = resolve_amp(amp, dev)
-    model, config, extra = load_weights(weights, map_location=dev)
+    if weights.suffix.lower() in EXPORTED_SUFFIXES:  # runs in its own precision; OpenVINO's as --amp asks (bf16 or f32)
+        model = load_exported(weights, dev, precision="bf16" if precision_name(amp_dtype) == "bfloat16" else "fp32")
+        config, extra = model.config, model.extra
+        amp_dtype = None  # the file's own arithmetic, not autocast's
+    else:
+        model, config, extra = load_weights(weights, map_location=dev)
     trained_on = manifest_from_json(extra["manifest"]) if "manifest" in extra else None
     with tempfile.TemporaryDirectory(prefix="mula-eval-") as tmp:
         cache_path = _cache_for(data, trained_on, split, Path(tmp))
@@ -101,7 +107,8 @@ def evaluate(
     if result.pose is not None and "map" in result.pose:  # multi-person: the mAP's edge rules
         record["map_protocol"] = map_protocol
     # the network's forward pass; decoding (upsampling, blur, argmax, grouping) is always float32
-    precision = {"network": precision_name(amp_dtype), "decoding": "float32", "device": dev.type}
+    precision = {"network": getattr(model, "arithmetic", None) or precision_name(amp_dtype), "decoding": "float32",
+                 "device": dev.type}
     doc = metrics_document(result, manifest, weights=weights, data=data or manifest.name, split=split,
                            protocol=record, precision=precision)
     write_json(folder / "metrics.json", doc)

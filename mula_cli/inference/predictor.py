@@ -179,13 +179,14 @@ class Predictor:
         self.device = pick_device(device)
         self.precision = prediction_precision(precision, self.device, name="precision")
         suffix = self.weights.suffix.lower()
-        if suffix in (".torchscript", ".ts", ".onnx"):
+        if suffix in (".torchscript", ".ts", ".onnx", ".xml"):
             from mula_cli.inference.runtime import load_exported
 
-            self.model = load_exported(self.weights, self.device)
+            # OpenVINO computes in the precision asked for (on the CPU); the others run as exported
+            self.model = load_exported(self.weights, self.device, precision=precision)
             self.config, extra = self.model.config, self.model.extra
-            self.path = f"exported {'ONNX (onnxruntime)' if suffix == '.onnx' else 'TorchScript'} model"
-            self.precision = "as exported"
+            self.path = self.model.description  # e.g. "exported OpenVINO IR (bf16, CPU)"
+            self.precision = self.model.precision if suffix == ".xml" else "as exported"
         else:
             from mula_cli.inference.fastpath import prediction_model
             from mula_cli.model.weights import load_weights
