@@ -9,7 +9,7 @@ picture's), joint displacement percentiles and the share of joints that moved, a
 picture of that loop (decode, letterbox, network, map-back; data loading in the same process).
 
     python benchmarks/precision_check.py --weights runs/demo/train/weights/best.pt --data runs/demo/data/synthetic.h5
-    python benchmarks/precision_check.py --weights best.pt --data lip.h5 --exported best.xml --exported best-int8.xml
+    python benchmarks/precision_check.py --weights best.pt --data lip.h5 --exported best.xml --exported best_int8.xml
 
 The verdict per path uses the tolerance ``--precision auto`` is held to: PCKh (mAP) and mIoU within
 0.3 points of float32, >= 99.5 % of labels equal, median joint displacement 0 px.
@@ -96,8 +96,10 @@ def main() -> None:
         manifest = manifest_from_json(extra["manifest"])
         paths = {"fast_fp32": prediction_model(model, fast=True)[0],
                  "fast_bf16": prediction_model(model, fast=True, bf16=True)[0]}
-        if k == 0:
-            paths.update({f"exported:{p.name}": load_exported(p) for p in args.exported})
+        if k == 0:  # OpenVINO IRs in both of the CPU's precisions; other exported files as they are
+            for p in args.exported:
+                for precision in ("fp32", "bf16") if p.suffix == ".xml" else ("fp32",):
+                    paths[f"{p.name}:{precision}"] = load_exported(p, precision=precision)
         rows = {}
         for name, runner in paths.items():
             rows[name] = score_path(runner, cache, args.split, manifest, config, args.limit)

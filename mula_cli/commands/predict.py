@@ -132,7 +132,7 @@ def pose_document(image: Path, size: tuple[int, int], prediction, predictor, wei
 
 def predict(
     sources: Optional[list[str]] = typer.Argument(None, help="Images, folders (searched recursively), globs like 'photos/*.jpg', or one video file, stream URL (rtsp://, http://...) or camera (0, /dev/video1)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weights (.pt) or an exported model (.torchscript/.onnx). Default: the newest runs/train/*/weights/best.pt."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weights (.pt), a known name (authors-lip, after `mula weights get`) or an exported model (.torchscript/.onnx/OpenVINO .xml). Default: the newest runs/train/*/weights/best.pt."),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Parsing PNG for a single image (palette PNG, pixel = class id)."),
     pose_path: Optional[Path] = typer.Option(None, "--pose", help="Pose JSON for a single image; JSON Lines (one record per frame) for a video."),
     pose_format: PoseFormat = typer.Option(PoseFormat.mula, "--pose-format", help="Layout of the pose JSON: mula (every joint by name, with the model and skeleton); openpose (OpenPose's JSON in BODY_25 order, OpenPose's default, as try-on and ControlNet pipelines read it); openpose-coco18 (the same in OpenPose's 18-keypoint COCO order); coco (COCO keypoint results, COCO-17 order). Keypoints the dataset has no joint for are 0 0 0. Video: one document per frame and line."),

@@ -152,7 +152,8 @@ class Predictor:
     """Loads weights once and predicts on pictures.
 
     Args:
-        weights: a mula weights file (``.pt``) or an exported model (``.torchscript`` / ``.onnx``).
+        weights: a mula weights file (``.pt``), a known name (``authors-lip``, see ``mula weights``) or an
+            exported model (``.torchscript`` / ``.onnx`` / OpenVINO ``.xml``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :mod:`mula_cli.utils.devices`).
         flip: flip testing for parsing too (pose is flip-averaged by default, the official protocol).
         pose_flip: average pose with the mirrored picture.
@@ -161,8 +162,8 @@ class Predictor:
             convolutions; same results up to float rounding); False runs the plain eager model.
         precision: the network's arithmetic: ``fp32``, ``bf16``, or ``auto`` (bfloat16 on GPUs and on CPUs
             that compute it natively, AVX512-BF16 or AMX; float32 elsewhere). The README gives what
-            bfloat16 changes on trained weights. Decoding is float32 either way; exported models run
-            in their own precision.
+            bfloat16 changes on trained weights. Decoding is float32 either way. OpenVINO IRs run in this
+            precision too; TorchScript and ONNX files in their own.
         grouping: multi-person models: the thresholds that group joint candidates into people
             (default: :class:`~mula_cli.codecs.partition.GroupingConfig`'s: Pose Partition Networks' thresholds).
 
