@@ -212,7 +212,7 @@ def steps(plan: Plan, work: Path, out: Path, card: str) -> list[Step]:
     best = f"{runs}/default/weights/best.pt"
     deterministic = [*train, "--epochs", "1", "--val-limit", "4", "--deterministic", "--name"]
     export = ["--half", "--device", "cuda"] if gpu else ["--device", "cpu"]
-    predict_args = ["--device", "cuda", "--bf16", "--batches", "1,8", "--repeats", "3"] if gpu else \
+    predict_args = ["--device", "cuda", "--precision", "bf16", "--batches", "1,8", "--repeats", "3"] if gpu else \
         ["--device", "cpu", "--model", "hg-tiny", "--batches", "1", "--repeats", "1"]
     key_case = r"^ *16 +256 +64\^2 h=7 bf16: fwd\+bwd (triton .*floor)$"  # ms of both, speed-up, x floor
     benchmark = Expect(shows=(r"^wrote \S*dynconv_\w+\.json",), partial_if_cut=True,
