@@ -190,3 +190,18 @@ def test_a_stop_while_a_batch_is_handed_over_takes_effect_after_it_and_a_second_
             os.kill(os.getpid(), signal.SIGINT)  # asked twice: no more waiting
             time.sleep(5)
             pytest.fail("the second signal did not stop the wait")
+
+
+def test_a_sigterm_that_a_library_turned_into_a_plain_keyboardinterrupt_still_exits_143() -> None:
+    """A SIGTERM during start-up whose Interrupted a library re-raised as a plain KeyboardInterrupt (the
+    fault check caught `mula predict` on a video exiting 130 so, once) still exits with 128 + SIGTERM."""
+    import signal
+
+    from mula_cli.utils.interrupts import exiting_on_stop_signals
+
+    with pytest.raises(SystemExit) as stopped, exiting_on_stop_signals():
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt from None  # what the library does with it
+    assert stopped.value.code == 128 + signal.SIGTERM

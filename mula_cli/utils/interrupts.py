@@ -40,6 +40,12 @@ class Interrupted(KeyboardInterrupt):
         self.signum = int(signum)
 
 
+# The stop signal mula's handler last raised for. Signals are the process's, not an object's: a library
+# that catches the Interrupted and raises a plain KeyboardInterrupt instead would otherwise turn a
+# SIGTERM during start-up into Ctrl-C's exit code (seen once: `mula predict` on a video exited 130).
+_last_stop_signal: list[int] = []
+
+
 def signal_number(exc: BaseException) -> int:
     """The signal behind a KeyboardInterrupt: SIGINT unless it is an :class:`Interrupted` saying otherwise."""
     return getattr(exc, "signum", int(signal.SIGINT))
@@ -119,6 +125,7 @@ def raising_on_stop_signals() -> Iterator[None]:
         return
 
     def handle(signum: int, frame: FrameType | None) -> None:
+        _last_stop_signal[:] = [int(signum)]
         raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, this_process_only(handle)) for sig in STOP_SIGNALS}
@@ -136,8 +143,10 @@ def exiting_on_stop_signals() -> Iterator[None]:
     try:
         with raising_on_stop_signals():
             yield
-    except Interrupted as exc:
-        raise SystemExit(128 + exc.signum) from None
+    except KeyboardInterrupt as exc:  # ours, or a plain one a library made of ours on its way up
+        signum = exc.signum if isinstance(exc, Interrupted) else \
+            (_last_stop_signal[-1] if _last_stop_signal else int(signal.SIGINT))
+        raise SystemExit(128 + signum) from None
 
 
 @contextmanager
