@@ -129,12 +129,10 @@ def _quiet() -> Iterator[None]:
     """NNCF's INFO lines (one per node it leaves out) and progress bars are not for mula's users."""
     previous = logging.getLogger("nncf").level
     with contextlib.redirect_stdout(io.StringIO()):
-        try:
+        with contextlib.suppress(ImportError):  # no NNCF: the caller's own import reports it, one line
             import nncf
 
             nncf.set_log_level(logging.ERROR)
-        except ImportError:
-            pass
         try:
             yield
         finally:

@@ -2,15 +2,9 @@
 windows of :mod:`mula_cli.transforms.authors_views`, their flip averaging, multi-scale fusion and
 map-back to the original picture.
 
-2. Pose: final-stage heatmaps of the window and of its mirror (channels swapped back) resized to
-   S (bilinear) and averaged; per scale the part of the window that holds the picture is cut out,
-   resized by ``1 / s`` and added into an S x S canvas of zeros at ``int((S - size) / 2)``; the
-   sum is divided by the number of scales (scale 1 must be among them). Gaussian blur (sigma 3),
-   argmax, and ``(argmax - store_start + crop_start) / base`` with scale 1's window (no
-   half-pixel terms). Their CSV holds ``int()`` of that, which is what their PCKh scores.
-3. Parsing: scale 1, one pass, no flip: argmax of the logits upsampled to S, pasted into a zero
-   (background) map of the resized picture's size, resized to H x W with OpenCV's nearest
-   neighbour (``src = floor(dst * src_size / dst_size)``).
+Steps 2 (pose: flip average, multi-scale fusion, blur, argmax, their integer map-back) and 3 (parsing:
+scale 1, no flip, OpenCV-nearest map-back) are described once, in
+:mod:`mula_cli.evaluation.authors_protocol`.
 
 Every resize and flip is OpenCV's own where the ``authors`` extra is installed, else emulated.
 """
